@@ -1,0 +1,143 @@
+#include "config_schema.h"
+
+#include <stdio.h>
+#include <string.h>
+
+enum ftype { F_STRING, F_INT, F_BOOL, F_OBJECT, F_STRUCT, F_MAP };
+
+/* A field of an object. F_STRUCT: fixed keys in sub. F_MAP: any key, each
+ * value an F_STRUCT described by sub. F_OBJECT: free-form object. */
+struct field {
+    const char *key;
+    enum ftype type;
+    const struct field *sub;
+    long long min, max;        /* F_INT bounds */
+    const char *const *values; /* F_STRING allowed values, NULL-terminated */
+};
+
+static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const isolations[] = {"inproc", "process", NULL};
+
+static const struct field listen_fields[] = {
+    {"address", F_STRING, NULL, 0, 0, NULL},
+    {"port", F_INT, NULL, 1, 65535, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+static const struct field plugin_fields[] = {
+    {"enabled", F_BOOL, NULL, 0, 0, NULL},
+    {"file", F_STRING, NULL, 0, 0, NULL},
+    {"webhook_path", F_STRING, NULL, 0, 0, NULL},
+    {"isolation", F_STRING, NULL, 0, 0, isolations},
+    {"config", F_OBJECT, NULL, 0, 0, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+static const struct field instance_fields[] = {
+    {"provider", F_STRING, NULL, 0, 0, NULL},
+    {"enabled", F_BOOL, NULL, 0, 0, NULL},
+    {"settings", F_OBJECT, NULL, 0, 0, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+static const struct field top_fields[] = {
+    {"listen", F_STRUCT, listen_fields, 0, 0, NULL},
+    {"state_dir", F_STRING, NULL, 0, 0, NULL},
+    {"plugin_dir", F_STRING, NULL, 0, 0, NULL},
+    {"log_level", F_STRING, NULL, 0, 0, log_levels},
+    {"shutdown_timeout_ms", F_INT, NULL, 0, 3600000, NULL},
+    {"swap_timeout_ms", F_INT, NULL, 0, 3600000, NULL},
+    {"database_url", F_STRING, NULL, 0, 0, NULL},
+    {"plugins", F_MAP, plugin_fields, 0, 0, NULL},
+    {"instances", F_MAP, instance_fields, 0, 0, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+
+static const char *const type_names[] = {"a string", "an integer", "true or false",
+                                         "an object", "an object", "an object"};
+
+static int fail(struct sbh_schema_error *err, const char *fmt, const char *arg)
+{
+    size_t off = 0;
+    err->key[0] = '\0';
+    for (size_t i = 0; i < err->depth && off < sizeof(err->key); i++)
+        off += (size_t)snprintf(err->key + off, sizeof(err->key) - off, "%s%s", i ? "." : "",
+                                err->path[i]);
+    snprintf(err->reason, sizeof(err->reason), fmt, arg);
+    return -1;
+}
+
+static int check_struct(json_t *obj, const struct field *fields, struct sbh_schema_error *err);
+
+static int check_value(json_t *v, const struct field *f, struct sbh_schema_error *err)
+{
+    int ok;
+    switch (f->type) {
+    case F_STRING:
+        ok = json_is_string(v);
+        break;
+    case F_INT:
+        ok = json_is_integer(v);
+        break;
+    case F_BOOL:
+        ok = json_is_boolean(v);
+        break;
+    default:
+        ok = json_is_object(v);
+    }
+    if (!ok)
+        return fail(err, "must be %s", type_names[f->type]);
+    if (f->type == F_INT && (json_integer_value(v) < f->min || json_integer_value(v) > f->max)) {
+        char range[64];
+        snprintf(range, sizeof(range), "%lld..%lld", f->min, f->max);
+        return fail(err, "must be in the range %s", range);
+    }
+    if (f->type == F_STRING && f->values) {
+        for (const char *const *a = f->values; *a; a++)
+            if (!strcmp(*a, json_string_value(v)))
+                return 0;
+        return fail(err, "has an unknown value \"%s\"", json_string_value(v));
+    }
+    if (f->type == F_STRUCT)
+        return check_struct(v, f->sub, err);
+    if (f->type == F_MAP) {
+        const char *key;
+        json_t *item;
+        json_object_foreach(v, key, item)
+        {
+            if (err->depth >= SBH_SCHEMA_MAX_DEPTH)
+                return fail(err, "%s", "nested too deep");
+            err->path[err->depth++] = (char *)key;
+            if (!json_is_object(item))
+                return fail(err, "must be %s", "an object");
+            if (check_struct(item, f->sub, err) < 0)
+                return -1;
+            err->depth--;
+        }
+    }
+    return 0;
+}
+
+static int check_struct(json_t *obj, const struct field *fields, struct sbh_schema_error *err)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        const struct field *f = fields;
+        while (f->key && strcmp(f->key, key) != 0)
+            f++;
+        if (err->depth >= SBH_SCHEMA_MAX_DEPTH)
+            return fail(err, "%s", "nested too deep");
+        err->path[err->depth++] = (char *)key;
+        if (!f->key)
+            return fail(err, "unknown key \"%s\"", key);
+        if (check_value(v, f, err) < 0)
+            return -1;
+        err->depth--;
+    }
+    return 0;
+}
+
+int sbh_config_schema_check(json_t *doc, struct sbh_schema_error *err)
+{
+    memset(err, 0, sizeof(*err));
+    return check_struct(doc, top_fields, err);
+}

@@ -1,0 +1,282 @@
+#include "daemon.h"
+
+#include "log.h"
+#include "metrics.h"
+#include "notify.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return mkdir(buf, mode) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Private plugin copies of daemons that are gone; ours are named <pid>.<gen>.<file>. */
+static void remove_stale_copies(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    if (!d)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        char *end;
+        long pid = strtol(de->d_name, &end, 10);
+        if (end == de->d_name || *end != '.' || (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+            continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof(path), "%s/%s", dir, de->d_name) < (int)sizeof(path))
+            unlink(path);
+    }
+    closedir(d);
+}
+
+static void count_reload(const char *result)
+{
+    sbh_metrics_add("switchboard_reloads_total", "Config reloads by result", 1, "result", result,
+                    NULL);
+}
+
+static void on_swaps_done(void *arg)
+{
+    struct sbh_daemon *d = arg;
+    /* A reload that came in during the swap, or a file that changed again. */
+    d->reload_wanted = 0;
+    sbh_daemon_reload(d);
+}
+
+static int listen_changed(const struct sbh_config *a, const struct sbh_config *b)
+{
+    return a->port != b->port || strcmp(a->listen_address, b->listen_address) != 0;
+}
+
+int sbh_daemon_reload(struct sbh_daemon *d)
+{
+    struct sbh_config_error err;
+    char why[sizeof(err.reason)];
+    if (d->stopping)
+        return 0;
+    if (sbh_registry_swapping(d->reg)) {
+        d->reload_wanted = 1;
+        return 0;
+    }
+    sbh_notify("RELOADING=1");
+    struct sbh_config *cfg = sbh_config_load(d->config_path, &d->ov, d->env, &err);
+    if (!cfg) {
+        sbh_config_log_error(&err);
+        count_reload("failed");
+        sbh_notify("READY=1");
+        return -1;
+    }
+    struct evhttp_bound_socket *listener = NULL;
+    if (listen_changed(cfg, d->cfg)) {
+        listener = sbh_http_bind(d, cfg->listen_address, cfg->port);
+        if (!listener) {
+            snprintf(why, sizeof(why), "cannot listen on %s:%d", cfg->listen_address, cfg->port);
+            goto reject;
+        }
+    }
+    sbh_registry_set_swap_timeout(d->reg, cfg->swap_timeout_ms);
+    if (sbh_registry_apply(d->reg, cfg, why, sizeof(why)) < 0)
+        goto reject;
+    if (listener) {
+        evhttp_del_accept_socket(d->http, d->listener);
+        d->listener = listener;
+    }
+    if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0)
+        sbh_warn("reload", "state_dir changes take effect at the next start");
+    sbh_config_free(d->cfg);
+    d->cfg = cfg;
+    sbh_log_set_level((enum sb_log_level)cfg->log_level);
+    if (d->watch)
+        sbh_watch_update(d->watch);
+    count_reload("ok");
+    sbh_info("reload", "config reloaded");
+    sbh_notify("READY=1");
+    return 0;
+reject:
+    if (listener)
+        evhttp_del_accept_socket(d->http, listener);
+    snprintf(err.file, sizeof(err.file), "%s", d->config_path);
+    err.line = err.column = 0;
+    err.key[0] = '\0';
+    memcpy(err.reason, why, sizeof(err.reason));
+    sbh_config_log_error(&err);
+    sbh_config_free(cfg);
+    count_reload("failed");
+    sbh_notify("READY=1");
+    return -1;
+}
+
+static void finish_shutdown(struct sbh_daemon *d)
+{
+    if (d->drain_poll)
+        event_del(d->drain_poll);
+    if (d->drain_deadline)
+        event_del(d->drain_deadline);
+    /* Let the last answers flush before the loop ends. */
+    struct timeval tv = {0, 50 * 1000};
+    event_base_loopexit(d->base, &tv);
+}
+
+static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct sbh_daemon *d = arg;
+    if (sbh_registry_pending(d->reg) == 0)
+        finish_shutdown(d);
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct sbh_daemon *d = arg;
+    sbh_warn("main", "drain timed out; answering %zu outstanding requests with 503",
+             sbh_registry_pending(d->reg));
+    sbh_registry_abort_pending(d->reg);
+    finish_shutdown(d);
+}
+
+void sbh_daemon_shutdown(struct sbh_daemon *d)
+{
+    if (d->stopping)
+        return;
+    d->stopping = 1;
+    sbh_notify("STOPPING=1");
+    if (d->listener) {
+        evhttp_del_accept_socket(d->http, d->listener);
+        d->listener = NULL;
+    }
+    size_t pending = sbh_registry_pending(d->reg);
+    sbh_info("main", "shutting down: draining %zu requests", pending);
+    if (pending == 0) {
+        finish_shutdown(d);
+        return;
+    }
+    d->drain_poll = event_new(d->base, -1, EV_PERSIST, on_drain_poll, d);
+    d->drain_deadline = evtimer_new(d->base, on_drain_deadline, d);
+    struct timeval poll = {0, 10 * 1000};
+    struct timeval deadline = {d->cfg->shutdown_timeout_ms / 1000,
+                               (d->cfg->shutdown_timeout_ms % 1000) * 1000};
+    event_add(d->drain_poll, &poll);
+    evtimer_add(d->drain_deadline, &deadline);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct sbh_daemon *d = arg;
+    if (sig == SIGHUP) {
+        sbh_info("reload", "SIGHUP: reloading");
+        sbh_daemon_reload(d);
+        return;
+    }
+    sbh_info("main", "signal %d: stopping", (int)sig);
+    sbh_daemon_shutdown(d);
+}
+
+static int setup_signals(struct sbh_daemon *d)
+{
+    const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    signal(SIGPIPE, SIG_IGN);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        d->signals[i] = evsignal_new(d->base, sigs[i], on_signal, d);
+        if (!d->signals[i] || evsignal_add(d->signals[i], NULL) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void on_event(void *arg, const char *provider, const char *instance, const char *type,
+                     json_t *payload)
+{
+    /* Until storage exists, inbound events are visible in debug logs and metrics. */
+    if (sbh_log_get_level() >= SB_LOG_DEBUG)
+        sbh_log_fields(SB_LOG_DEBUG, "events", provider, instance,
+                       json_pack("{s:s, s:O}", "type", type, "payload", payload), "event");
+    json_decref(payload);
+}
+
+int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_config_overrides *ov,
+                    char *const *env)
+{
+    struct sbh_config_error err;
+    char copy_dir[PATH_MAX];
+    memset(d, 0, sizeof(*d));
+    clock_gettime(CLOCK_MONOTONIC, &d->started);
+    d->config_path = path;
+    d->ov = *ov;
+    d->env = env;
+    d->cfg = sbh_config_load(path, ov, env, &err);
+    if (!d->cfg) {
+        sbh_config_log_error(&err);
+        return -1;
+    }
+    sbh_log_set_level((enum sb_log_level)d->cfg->log_level);
+    snprintf(copy_dir, sizeof(copy_dir), "%s/plugins", d->cfg->state_dir);
+    if (mkdir_p(d->cfg->state_dir, 0750) < 0 || mkdir_p(copy_dir, 0700) < 0) {
+        sbh_error("main", "cannot create state directory %s: %s", d->cfg->state_dir,
+                  strerror(errno));
+        return -1;
+    }
+    remove_stale_copies(copy_dir);
+    d->base = event_base_new();
+    if (!d->base || sbh_http_setup(d) < 0 || setup_signals(d) < 0) {
+        sbh_error("main", "cannot set up the event loop");
+        return -1;
+    }
+    d->listener = sbh_http_bind(d, d->cfg->listen_address, d->cfg->port);
+    d->reg = sbh_registry_new(d->base, copy_dir);
+    if (!d->listener || !d->reg)
+        return -1;
+    sbh_registry_set_event_sink(d->reg, on_event, d);
+    sbh_registry_set_swap_done(d->reg, on_swaps_done, d);
+    sbh_registry_set_swap_timeout(d->reg, d->cfg->swap_timeout_ms);
+    char why[1024];
+    if (sbh_registry_apply(d->reg, d->cfg, why, sizeof(why)) < 0) {
+        sbh_error("main", "%s", why);
+        return -1;
+    }
+    d->watch = sbh_watch_new(d);
+    return 0;
+}
+
+int sbh_daemon_run(struct sbh_daemon *d)
+{
+    sbh_notify("READY=1");
+    event_base_dispatch(d->base);
+    return d->exit_code;
+}
+
+void sbh_daemon_free(struct sbh_daemon *d)
+{
+    /* Stops instances and shuts plugins down before the loop objects go. */
+    sbh_registry_free(d->reg);
+    sbh_watch_free(d->watch);
+    for (size_t i = 0; i < sizeof(d->signals) / sizeof(d->signals[0]); i++)
+        if (d->signals[i])
+            event_free(d->signals[i]);
+    if (d->drain_poll)
+        event_free(d->drain_poll);
+    if (d->drain_deadline)
+        event_free(d->drain_deadline);
+    if (d->http)
+        evhttp_free(d->http);
+    if (d->base)
+        event_base_free(d->base);
+    sbh_config_free(d->cfg);
+    sbh_metrics_reset();
+}

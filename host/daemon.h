@@ -1,0 +1,60 @@
+/*
+ * The daemon: one event loop owning the HTTP server, the plugin registry,
+ * the config and its watchers. Reload and shutdown are driven from here.
+ */
+#ifndef SBH_DAEMON_H
+#define SBH_DAEMON_H
+
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "config.h"
+#include "registry.h"
+
+struct sbh_watch;
+
+struct sbh_daemon {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    struct sbh_config *cfg; /* what runs */
+    struct sbh_registry *reg;
+    struct sbh_config_overrides ov;
+    const char *config_path;
+    char *const *env;
+    struct timespec started;
+    struct sbh_watch *watch;
+    struct event *signals[4];
+    struct event *drain_poll;
+    struct event *drain_deadline;
+    int reload_wanted; /* a reload waits for a swap to end */
+    int stopping;
+    int exit_code;
+};
+
+/* Build everything from the config at path; returns -1 (logged) on failure. */
+int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_config_overrides *ov,
+                    char *const *env);
+/* Run the loop until shutdown; returns the exit code. */
+int sbh_daemon_run(struct sbh_daemon *d);
+void sbh_daemon_free(struct sbh_daemon *d);
+
+/* Re-read the config and apply it; 0 applied, -1 rejected (logged). */
+int sbh_daemon_reload(struct sbh_daemon *d);
+/* Begin a bounded drain, then stop. */
+void sbh_daemon_shutdown(struct sbh_daemon *d);
+
+/* http.c: serve the API on d->http. */
+int sbh_http_setup(struct sbh_daemon *d);
+/* Bind address:port; NULL (logged) on failure. */
+struct evhttp_bound_socket *sbh_http_bind(struct sbh_daemon *d, const char *address, int port);
+
+/* watch.c: inotify on config and plugin dirs, debounced into reloads. */
+struct sbh_watch *sbh_watch_new(struct sbh_daemon *d);
+/* Point the watches at the current config's directories. */
+void sbh_watch_update(struct sbh_watch *w);
+void sbh_watch_free(struct sbh_watch *w);
+
+#endif

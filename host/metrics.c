@@ -1,0 +1,152 @@
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct counter {
+    char *name;
+    char *labels; /* rendered: k="v",k2="v2" */
+    double value;
+};
+
+struct family {
+    char *name;
+    char *help;
+};
+
+static struct counter *counters;
+static size_t n_counters;
+static struct family *families;
+static size_t n_families;
+
+static void append_escaped(char *dst, size_t cap, size_t *off, const char *s)
+{
+    for (; *s && *off + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"') {
+            dst[(*off)++] = '\\';
+            dst[(*off)++] = *s;
+        } else if (*s == '\n') {
+            dst[(*off)++] = '\\';
+            dst[(*off)++] = 'n';
+        } else {
+            dst[(*off)++] = *s;
+        }
+    }
+    dst[*off] = '\0';
+}
+
+static void render_labels(char *dst, size_t cap, va_list ap)
+{
+    size_t off = 0;
+    const char *k;
+    dst[0] = '\0';
+    while ((k = va_arg(ap, const char *)) != NULL) {
+        const char *v = va_arg(ap, const char *);
+        off += (size_t)snprintf(dst + off, cap - off, "%s%s=\"", off ? "," : "", k);
+        if (off >= cap)
+            break;
+        append_escaped(dst, cap, &off, v ? v : "");
+        if (off + 2 < cap) {
+            dst[off++] = '"';
+            dst[off] = '\0';
+        }
+    }
+}
+
+static struct counter *find(const char *name, const char *labels)
+{
+    for (size_t i = 0; i < n_counters; i++)
+        if (!strcmp(counters[i].name, name) && !strcmp(counters[i].labels, labels))
+            return &counters[i];
+    return NULL;
+}
+
+static void remember_family(const char *name, const char *help)
+{
+    for (size_t i = 0; i < n_families; i++)
+        if (!strcmp(families[i].name, name))
+            return;
+    struct family *grown = realloc(families, (n_families + 1) * sizeof(*grown));
+    if (!grown)
+        return;
+    families = grown;
+    families[n_families].name = strdup(name);
+    families[n_families].help = strdup(help ? help : name);
+    n_families++;
+}
+
+void sbh_metrics_add(const char *name, const char *help, double delta, ...)
+{
+    char labels[512];
+    va_list ap;
+    va_start(ap, delta);
+    render_labels(labels, sizeof(labels), ap);
+    va_end(ap);
+
+    struct counter *c = find(name, labels);
+    if (!c) {
+        struct counter *grown = realloc(counters, (n_counters + 1) * sizeof(*grown));
+        if (!grown)
+            return;
+        counters = grown;
+        c = &counters[n_counters++];
+        c->name = strdup(name);
+        c->labels = strdup(labels);
+        c->value = 0;
+        remember_family(name, help);
+    }
+    c->value += delta;
+}
+
+double sbh_metrics_get(const char *name, ...)
+{
+    char labels[512];
+    va_list ap;
+    va_start(ap, name);
+    render_labels(labels, sizeof(labels), ap);
+    va_end(ap);
+    struct counter *c = find(name, labels);
+    return c ? c->value : 0;
+}
+
+void sbh_metrics_gauge(struct evbuffer *out, const char *name, const char *help, double value)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %.3f\n", name, help, name, name,
+                        value);
+}
+
+void sbh_metrics_render(struct evbuffer *out)
+{
+    for (size_t f = 0; f < n_families; f++) {
+        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", families[f].name,
+                            families[f].help, families[f].name);
+        for (size_t i = 0; i < n_counters; i++) {
+            if (strcmp(counters[i].name, families[f].name) != 0)
+                continue;
+            if (counters[i].labels[0])
+                evbuffer_add_printf(out, "%s{%s} %.17g\n", counters[i].name, counters[i].labels,
+                                    counters[i].value);
+            else
+                evbuffer_add_printf(out, "%s %.17g\n", counters[i].name, counters[i].value);
+        }
+    }
+}
+
+void sbh_metrics_reset(void)
+{
+    for (size_t i = 0; i < n_counters; i++) {
+        free(counters[i].name);
+        free(counters[i].labels);
+    }
+    for (size_t i = 0; i < n_families; i++) {
+        free(families[i].name);
+        free(families[i].help);
+    }
+    free(counters);
+    free(families);
+    counters = NULL;
+    families = NULL;
+    n_counters = n_families = 0;
+}

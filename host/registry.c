@@ -1,0 +1,662 @@
+#include "registry.h"
+
+#include "loader.h"
+#include "log.h"
+#include "metrics.h"
+#include "runtime.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const cap_names[] = {"media",   "buttons", "threads", "edits",
+                                        "reactions", "webhook", "polling", "process-only"};
+
+static void check_swaps(evutil_socket_t fd, short what, void *arg);
+
+struct sbh_registry *sbh_registry_new(struct event_base *base, const char *copy_dir)
+{
+    if (mkdir(copy_dir, 0700) < 0 && errno != EEXIST) {
+        sbh_log(SB_LOG_ERROR, "plugins", NULL, NULL, "cannot create %s: %s", copy_dir,
+                strerror(errno));
+        return NULL;
+    }
+    struct sbh_registry *reg = calloc(1, sizeof(*reg));
+    if (!reg)
+        return NULL;
+    reg->base = base;
+    reg->copy_dir = strdup(copy_dir);
+    reg->next_generation = 1;
+    reg->swap_timeout_ms = 5000;
+    TAILQ_INIT(&reg->slots);
+    reg->check_ev = event_new(base, -1, 0, check_swaps, reg);
+    if (!reg->copy_dir || !reg->check_ev) {
+        sbh_registry_free(reg);
+        return NULL;
+    }
+    return reg;
+}
+
+void sbh_registry_set_event_sink(struct sbh_registry *reg, sbh_event_sink_fn fn, void *arg)
+{
+    reg->sink = fn;
+    reg->sink_arg = arg;
+}
+
+void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms)
+{
+    reg->swap_timeout_ms = ms;
+}
+
+void sbh_registry_set_swap_done(struct sbh_registry *reg, void (*fn)(void *), void *arg)
+{
+    reg->swap_done = fn;
+    reg->swap_done_arg = arg;
+}
+
+/* ---- generations ---- */
+
+static void gen_unload(struct sb_plugin *gen)
+{
+    if (!gen)
+        return;
+    sbh_timers_cancel_gen(gen);
+    if (gen->initialised)
+        gen->desc->shutdown(gen);
+    /* shutdown may have started timers of its own; they die with the code. */
+    sbh_timers_cancel_gen(gen);
+    sbh_loader_close(gen);
+}
+
+/* Load and initialise a generation for slot (which need not be linked yet). */
+static struct sb_plugin *gen_load(struct sbh_registry *reg, struct sbh_slot *slot, char *why,
+                                  size_t why_len)
+{
+    struct sb_plugin *gen =
+        sbh_loader_open(slot->file, reg->copy_dir, slot->name, reg->next_generation, why, why_len);
+    if (!gen)
+        return NULL;
+    reg->next_generation++;
+    gen->slot = slot;
+    if (gen->desc->init(sbh_services(), gen, slot->plugin_config) < 0) {
+        snprintf(why, why_len, "init failed (see the plugin's log lines above)");
+        gen_unload(gen);
+        return NULL;
+    }
+    gen->initialised = 1;
+    sbh_log(SB_LOG_INFO, "plugins", slot->name, NULL, "plugin loaded: version %s, generation %u",
+            gen->desc->version, gen->generation);
+    return gen;
+}
+
+/* ---- instances ---- */
+
+static void instance_start(struct sb_instance *inst, struct sb_plugin *gen)
+{
+    inst->gen = gen;
+    inst->state = NULL;
+    if (gen->desc->instance_start(inst, inst->settings, &inst->state) < 0) {
+        sbh_timers_cancel_inst(inst);
+        inst->gen = NULL;
+        inst->conn_state = SB_STATE_ERROR;
+        sbh_log(SB_LOG_ERROR, "instance", inst->slot->name, inst->id, "instance failed to start");
+        return;
+    }
+    sbh_log(SB_LOG_INFO, "instance", inst->slot->name, inst->id, "instance started");
+}
+
+static void instance_stop(struct sb_instance *inst)
+{
+    if (!inst->gen)
+        return;
+    inst->gen->desc->instance_stop(inst, inst->state);
+    inst->state = NULL;
+    sbh_timers_cancel_inst(inst);
+    /* What the plugin forgot to answer is answered for it. */
+    struct sb_reply *r;
+    while ((r = TAILQ_FIRST(&inst->pending)) != NULL)
+        sbh_reply_error(r, 503, "instance_stopped", "the instance stopped before answering");
+    inst->gen = NULL;
+    inst->conn_state = SB_STATE_STOPPED;
+    sbh_log(SB_LOG_INFO, "instance", inst->slot->name, inst->id, "instance stopped");
+}
+
+static struct sb_instance *instance_new(struct sbh_slot *slot, const struct sbh_instance_conf *ic)
+{
+    struct sb_instance *inst = calloc(1, sizeof(*inst));
+    if (!inst)
+        return NULL;
+    inst->slot = slot;
+    inst->id = strdup(ic->id);
+    inst->settings = json_deep_copy(ic->settings);
+    LIST_INIT(&inst->timers);
+    TAILQ_INIT(&inst->pending);
+    if (!inst->id || !inst->settings) {
+        free(inst->id);
+        json_decref(inst->settings);
+        free(inst);
+        return NULL;
+    }
+    TAILQ_INSERT_TAIL(&slot->instances, inst, link);
+    return inst;
+}
+
+static void instance_free(struct sb_instance *inst)
+{
+    instance_stop(inst);
+    TAILQ_REMOVE(&inst->slot->instances, inst, link);
+    free(inst->id);
+    free(inst->detail);
+    json_decref(inst->settings);
+    free(inst);
+}
+
+static struct sb_instance *instance_find(struct sbh_slot *slot, const char *id)
+{
+    struct sb_instance *inst;
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    if (!strcmp(inst->id, id))
+        return inst;
+    return NULL;
+}
+
+static void start_all(struct sbh_slot *slot)
+{
+    struct sb_instance *inst;
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    if (!inst->gen)
+        instance_start(inst, slot->cur);
+}
+
+static void stop_all(struct sbh_slot *slot)
+{
+    struct sb_instance *inst;
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    instance_stop(inst);
+}
+
+/* ---- slots ---- */
+
+static struct sbh_slot *slot_find(struct sbh_registry *reg, const char *name)
+{
+    struct sbh_slot *slot;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    if (!strcmp(slot->name, name))
+        return slot;
+    return NULL;
+}
+
+static struct sbh_slot *slot_new(struct sbh_registry *reg, const struct sbh_plugin_conf *pc)
+{
+    struct sbh_slot *slot = calloc(1, sizeof(*slot));
+    if (!slot)
+        return NULL;
+    slot->reg = reg;
+    slot->name = strdup(pc->name);
+    slot->file = strdup(pc->file);
+    slot->webhook_path = strdup(pc->webhook_path);
+    slot->plugin_config = json_deep_copy(pc->config);
+    TAILQ_INIT(&slot->held);
+    TAILQ_INIT(&slot->instances);
+    return slot;
+}
+
+static void slot_free(struct sbh_slot *slot)
+{
+    struct sb_instance *inst;
+    struct sb_reply *r;
+    while ((inst = TAILQ_FIRST(&slot->instances)) != NULL)
+        instance_free(inst);
+    while ((r = TAILQ_FIRST(&slot->held)) != NULL) {
+        TAILQ_REMOVE(&slot->held, r, link);
+        sbh_reply_error(r, 503, "provider_unloaded", "the provider was unloaded");
+    }
+    gen_unload(slot->cur);
+    gen_unload(slot->next);
+    if (slot->swap_timer)
+        event_free(slot->swap_timer);
+    free(slot->name);
+    free(slot->file);
+    free(slot->webhook_path);
+    free(slot->failure);
+    json_decref(slot->plugin_config);
+    free(slot);
+}
+
+static void slot_fail(struct sbh_slot *slot, const char *why)
+{
+    free(slot->failure);
+    slot->failure = strdup(why);
+    slot->state = SBH_SLOT_FAILED;
+}
+
+static size_t slot_pending(const struct sbh_slot *slot)
+{
+    size_t n = 0;
+    struct sb_instance *inst;
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    n += inst->n_pending;
+    return n;
+}
+
+/* ---- swaps ---- */
+
+static void finish_swap(struct sbh_slot *slot)
+{
+    struct sb_plugin *old = slot->cur;
+    const char *old_version = old->desc->version;
+    stop_all(slot);
+    sbh_log(SB_LOG_INFO, "plugins", slot->name, NULL,
+            "plugin swapped: version %s (generation %u) replaces %s (generation %u)",
+            slot->next->desc->version, slot->next->generation, old_version, old->generation);
+    gen_unload(old);
+    slot->cur = slot->next;
+    slot->next = NULL;
+    slot->state = SBH_SLOT_RUNNING;
+    event_del(slot->swap_timer);
+    sbh_metrics_add("switchboard_plugin_swaps_total", "Plugin generations swapped in place", 1,
+                    "result", "ok", NULL);
+    start_all(slot);
+    struct sb_reply *r;
+    while ((r = TAILQ_FIRST(&slot->held)) != NULL) {
+        TAILQ_REMOVE(&slot->held, r, link);
+        sbh_reply_deliver(slot, r);
+    }
+}
+
+static void check_swaps(evutil_socket_t fd, short what, void *arg)
+{
+    struct sbh_registry *reg = arg;
+    struct sbh_slot *slot;
+    int finished = 0;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    if (slot->state == SBH_SLOT_SWAPPING && slot_pending(slot) == 0) {
+        finish_swap(slot);
+        finished = 1;
+    }
+    if (finished && !sbh_registry_swapping(reg) && reg->swap_done)
+        reg->swap_done(reg->swap_done_arg);
+}
+
+/* The old generation did not drain in time: answer its leftovers, move on. */
+static void swap_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct sbh_slot *slot = arg;
+    struct sb_instance *inst;
+    sbh_log(SB_LOG_WARN, "plugins", slot->name, NULL,
+            "old generation did not drain in time; answering its requests with 503");
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    {
+        struct sb_reply *r;
+        while ((r = TAILQ_FIRST(&inst->pending)) != NULL)
+            sbh_reply_error(r, 503, "swap_timeout", "the provider was being replaced");
+    }
+    event_active(slot->reg->check_ev, EV_TIMEOUT, 0);
+}
+
+static void begin_swap(struct sbh_slot *slot, struct sb_plugin *gen)
+{
+    if (!slot->cur) {
+        /* Nothing to drain: a failed slot just gets its first generation. */
+        slot->cur = gen;
+        slot->state = SBH_SLOT_RUNNING;
+        free(slot->failure);
+        slot->failure = NULL;
+        start_all(slot);
+        return;
+    }
+    slot->next = gen;
+    slot->state = SBH_SLOT_SWAPPING;
+    if (!slot->swap_timer)
+        slot->swap_timer = evtimer_new(slot->reg->base, swap_timeout, slot);
+    struct timeval tv = {slot->reg->swap_timeout_ms / 1000,
+                         (slot->reg->swap_timeout_ms % 1000) * 1000};
+    evtimer_add(slot->swap_timer, &tv);
+    event_active(slot->reg->check_ev, EV_TIMEOUT, 0);
+}
+
+int sbh_registry_swapping(const struct sbh_registry *reg)
+{
+    const struct sbh_slot *slot;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    if (slot->state == SBH_SLOT_SWAPPING)
+        return 1;
+    return 0;
+}
+
+void sbh_registry_reply_done(struct sbh_registry *reg)
+{
+    if (sbh_registry_swapping(reg))
+        event_active(reg->check_ev, EV_TIMEOUT, 0);
+}
+
+/* ---- apply ---- */
+
+struct prepared {
+    const struct sbh_plugin_conf *pc;
+    struct sbh_slot *slot;     /* existing slot, or a new unlinked one */
+    struct sb_plugin *gen;
+    int is_new;
+};
+
+static int file_changed(const struct sbh_slot *slot, struct sbh_file_id *now)
+{
+    if (sbh_file_id_read(slot->file, now) < 0)
+        return 0; /* config validation reports a missing file */
+    if (slot->has_refused && sbh_file_id_equal(&slot->refused_id, now))
+        return 0;
+    return !slot->cur || !sbh_file_id_equal(&slot->cur->file_id, now);
+}
+
+static void refuse(struct sbh_slot *slot, const struct sbh_file_id *id, const char *why)
+{
+    json_t *fields = json_pack("{s:s, s:s}", "reason", why, "file", slot->file);
+    sbh_log_fields(SB_LOG_ERROR, "plugins", slot->name, NULL, fields, "plugin refused");
+    sbh_metrics_add("switchboard_plugin_swaps_total", "Plugin generations swapped in place", 1,
+                    "result", "refused", NULL);
+    slot->refused_id = *id;
+    slot->has_refused = 1;
+    if (slot->state == SBH_SLOT_FAILED)
+        slot_fail(slot, why);
+}
+
+/* Phase one: load what must be loaded; nothing running changes. */
+static int prepare(struct sbh_registry *reg, const struct sbh_config *cfg, struct prepared *prep,
+                   size_t *n_prep, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < cfg->n_plugins; i++) {
+        const struct sbh_plugin_conf *pc = &cfg->plugins[i];
+        struct sbh_slot *slot = slot_find(reg, pc->name);
+        struct sbh_file_id now = {0};
+        if (!pc->enabled || (slot && slot->state == SBH_SLOT_SWAPPING))
+            continue;
+        int config_driven = !slot || strcmp(slot->file, pc->file) != 0 ||
+                            !json_equal(slot->plugin_config, pc->config);
+        if (!config_driven && !file_changed(slot, &now))
+            continue;
+        struct prepared *p = &prep[(*n_prep)++];
+        p->pc = pc;
+        p->is_new = !slot;
+        p->slot = slot ? slot : slot_new(reg, pc);
+        if (!p->slot) {
+            snprintf(why, why_len, "out of memory");
+            return -1;
+        }
+        /* Load with the new file and config; the slot is restored on failure. */
+        char *old_file = p->slot->file;
+        json_t *old_conf = p->slot->plugin_config;
+        p->slot->file = strdup(pc->file);
+        p->slot->plugin_config = json_deep_copy(pc->config);
+        char reason[512];
+        p->gen = gen_load(reg, p->slot, reason, sizeof(reason));
+        if (p->gen && !p->is_new) {
+            free(old_file);
+            json_decref(old_conf);
+            continue;
+        }
+        if (p->gen)
+            continue;
+        if (!p->is_new) {
+            free(p->slot->file);
+            json_decref(p->slot->plugin_config);
+            p->slot->file = old_file;
+            p->slot->plugin_config = old_conf;
+        }
+        if (!reg->applied_once && p->is_new) {
+            /* First start: keep the slot, failed, so /readyz can say why. */
+            sbh_log_fields(SB_LOG_ERROR, "plugins", pc->name, NULL,
+                           json_pack("{s:s}", "reason", reason), "plugin refused");
+            slot_fail(p->slot, reason);
+            continue;
+        }
+        if (config_driven) {
+            snprintf(why, why_len, "plugin %s: %s", pc->name, reason);
+            if (p->is_new)
+                slot_free(p->slot);
+            (*n_prep)--;
+            return -1;
+        }
+        sbh_file_id_read(p->slot->file, &now);
+        refuse(p->slot, &now, reason);
+        (*n_prep)--;
+    }
+    return 0;
+}
+
+static void unprepare(struct prepared *prep, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        gen_unload(prep[i].gen);
+        if (prep[i].is_new)
+            slot_free(prep[i].slot);
+    }
+}
+
+static void sync_instances(struct sbh_slot *slot, const struct sbh_config *cfg)
+{
+    struct sb_instance *inst, *tmp;
+    TAILQ_FOREACH_SAFE(inst, &slot->instances, link, tmp)
+    {
+        const struct sbh_instance_conf *ic = sbh_config_instance(cfg, inst->id);
+        if (!ic || !ic->enabled || strcmp(ic->provider, slot->name) != 0) {
+            instance_free(inst);
+            continue;
+        }
+        if (json_equal(inst->settings, ic->settings))
+            continue;
+        instance_stop(inst);
+        json_decref(inst->settings);
+        inst->settings = json_deep_copy(ic->settings);
+    }
+    for (size_t i = 0; i < cfg->n_instances; i++) {
+        const struct sbh_instance_conf *ic = &cfg->instances[i];
+        if (ic->enabled && !strcmp(ic->provider, slot->name) && !instance_find(slot, ic->id))
+            instance_new(slot, ic);
+    }
+    if (slot->state == SBH_SLOT_RUNNING)
+        start_all(slot);
+}
+
+int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, char *why,
+                       size_t why_len)
+{
+    struct prepared *prep = calloc(cfg->n_plugins + 1, sizeof(*prep));
+    size_t n_prep = 0;
+    if (!prep) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    if (prepare(reg, cfg, prep, &n_prep, why, why_len) < 0) {
+        unprepare(prep, n_prep);
+        free(prep);
+        return -1;
+    }
+    /* Phase two: commit. Drop what is no longer wanted first. */
+    struct sbh_slot *slot, *tmp;
+    TAILQ_FOREACH_SAFE(slot, &reg->slots, link, tmp)
+    {
+        const struct sbh_plugin_conf *pc = sbh_config_plugin(cfg, slot->name);
+        if (pc && pc->enabled)
+            continue;
+        TAILQ_REMOVE(&reg->slots, slot, link);
+        sbh_log(SB_LOG_INFO, "plugins", slot->name, NULL, "plugin unloaded");
+        slot_free(slot);
+    }
+    for (size_t i = 0; i < n_prep; i++) {
+        if (prep[i].is_new) {
+            TAILQ_INSERT_TAIL(&reg->slots, prep[i].slot, link);
+            if (prep[i].gen) {
+                prep[i].slot->cur = prep[i].gen;
+                prep[i].slot->state = SBH_SLOT_RUNNING;
+            }
+        } else {
+            begin_swap(prep[i].slot, prep[i].gen);
+        }
+    }
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    {
+        const struct sbh_plugin_conf *pc = sbh_config_plugin(cfg, slot->name);
+        if (strcmp(slot->webhook_path, pc->webhook_path) != 0) {
+            free(slot->webhook_path);
+            slot->webhook_path = strdup(pc->webhook_path);
+        }
+        sync_instances(slot, cfg);
+    }
+    reg->applied_once = 1;
+    free(prep);
+    return 0;
+}
+
+/* ---- webhooks ---- */
+
+int sbh_registry_webhook(struct sbh_registry *reg, struct evhttp_request *req, const char *path)
+{
+    struct sbh_slot *slot;
+    const char *rest = NULL;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    {
+        size_t n = strlen(slot->webhook_path);
+        if (!strncmp(path, slot->webhook_path, n) && path[n] == '/' && path[n + 1] &&
+            path[n + 1] != '/') {
+            rest = path + n + 1;
+            break;
+        }
+    }
+    if (!slot)
+        return 0;
+    struct sb_reply *r = sbh_reply_new(slot, req, rest);
+    if (!r) {
+        evhttp_send_error(req, 500, "out of memory");
+        return 1;
+    }
+    if (slot->state == SBH_SLOT_FAILED) {
+        sbh_reply_error(r, 503, "provider_failed", slot->failure ? slot->failure : "failed");
+        return 1;
+    }
+    if (slot->state == SBH_SLOT_SWAPPING) {
+        TAILQ_INSERT_TAIL(&slot->held, r, link);
+        return 1;
+    }
+    sbh_reply_deliver(slot, r);
+    return 1;
+}
+
+size_t sbh_registry_pending(const struct sbh_registry *reg)
+{
+    size_t n = 0;
+    const struct sbh_slot *slot;
+    const struct sb_reply *r;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    {
+        n += slot_pending(slot);
+        TAILQ_FOREACH(r, &slot->held, link)
+        n++;
+    }
+    return n;
+}
+
+void sbh_registry_abort_pending(struct sbh_registry *reg)
+{
+    struct sbh_slot *slot;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    {
+        struct sb_instance *inst;
+        struct sb_reply *r;
+        while ((r = TAILQ_FIRST(&slot->held)) != NULL) {
+            TAILQ_REMOVE(&slot->held, r, link);
+            sbh_reply_error(r, 503, "shutting_down", "the daemon is shutting down");
+        }
+        TAILQ_FOREACH(inst, &slot->instances, link)
+        while ((r = TAILQ_FIRST(&inst->pending)) != NULL)
+            sbh_reply_error(r, 503, "shutting_down", "the daemon is shutting down");
+    }
+}
+
+/* ---- views ---- */
+
+static const char *slot_state_name(const struct sbh_slot *slot)
+{
+    switch (slot->state) {
+    case SBH_SLOT_RUNNING: return "running";
+    case SBH_SLOT_SWAPPING: return "swapping";
+    default: return "failed";
+    }
+}
+
+static json_t *slot_json(const struct sbh_slot *slot)
+{
+    const sb_plugin_desc *d = slot->cur ? slot->cur->desc : NULL;
+    json_t *o = json_pack("{s:s, s:s}", "name", slot->name, "state", slot_state_name(slot));
+    json_t *caps = json_array(), *ids = json_array();
+    const struct sb_instance *inst;
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    json_array_append_new(ids, json_string(inst->id));
+    for (size_t i = 0; d && i < sizeof(cap_names) / sizeof(cap_names[0]); i++)
+        if (d->capabilities & (1u << i))
+            json_array_append_new(caps, json_string(cap_names[i]));
+    if (d) {
+        char abi[32];
+        snprintf(abi, sizeof(abi), "%u.%u", d->abi_major, d->abi_minor);
+        json_object_set_new(o, "version", json_string(d->version));
+        json_object_set_new(o, "abi", json_string(abi));
+        json_object_set_new(o, "description", json_string(d->description ? d->description : ""));
+        json_object_set_new(o, "generation", json_integer(slot->cur->generation));
+        json_t *schema = d->settings_schema ? json_loads(d->settings_schema, 0, NULL) : NULL;
+        json_object_set_new(o, "settings_schema", schema ? schema : json_object());
+    }
+    json_object_set_new(o, "capabilities", caps);
+    json_object_set_new(o, "webhook_path", json_string(slot->webhook_path));
+    json_object_set_new(o, "instances", ids);
+    if (slot->failure)
+        json_object_set_new(o, "error", json_string(slot->failure));
+    return o;
+}
+
+json_t *sbh_registry_providers(const struct sbh_registry *reg)
+{
+    json_t *arr = json_array();
+    const struct sbh_slot *slot;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    json_array_append_new(arr, slot_json(slot));
+    return arr;
+}
+
+int sbh_registry_ready(const struct sbh_registry *reg, json_t **plugins)
+{
+    int ready = 1;
+    const struct sbh_slot *slot;
+    *plugins = json_object();
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    {
+        json_object_set_new(*plugins, slot->name, json_string(slot_state_name(slot)));
+        if (slot->state == SBH_SLOT_FAILED)
+            ready = 0;
+    }
+    return ready;
+}
+
+size_t sbh_registry_loaded(const struct sbh_registry *reg)
+{
+    size_t n = 0;
+    const struct sbh_slot *slot;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    n += slot->cur != NULL;
+    return n;
+}
+
+void sbh_registry_free(struct sbh_registry *reg)
+{
+    if (!reg)
+        return;
+    struct sbh_slot *slot;
+    while ((slot = TAILQ_FIRST(&reg->slots)) != NULL) {
+        TAILQ_REMOVE(&reg->slots, slot, link);
+        slot_free(slot);
+    }
+    if (reg->check_ev)
+        event_free(reg->check_ev);
+    free(reg->copy_dir);
+    free(reg);
+}

@@ -1,0 +1,71 @@
+/*
+ * The plugin registry: which plugins are loaded, which instances run, and
+ * the webhook traffic between HTTP and plugins. It applies a validated config
+ * as a difference against what runs, and swaps a replaced .so in place.
+ */
+#ifndef SBH_REGISTRY_H
+#define SBH_REGISTRY_H
+
+#include <stddef.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+
+#include "config.h"
+
+struct sbh_registry;
+
+/* Called for every event a plugin emits; steals payload. */
+typedef void (*sbh_event_sink_fn)(void *arg, const char *provider, const char *instance,
+                                  const char *type, json_t *payload);
+
+/*
+ * A registry loading plugin copies into copy_dir (created if missing).
+ * Returns NULL if copy_dir cannot be made.
+ */
+struct sbh_registry *sbh_registry_new(struct event_base *base, const char *copy_dir);
+
+/* Stop every instance, shut every plugin down, unload, free. */
+void sbh_registry_free(struct sbh_registry *reg);
+
+void sbh_registry_set_event_sink(struct sbh_registry *reg, sbh_event_sink_fn fn, void *arg);
+
+/* Bound on how long an old generation may drain during a swap. */
+void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms);
+
+/*
+ * Make what runs match cfg (borrowed). Newly enabled plugins are loaded and
+ * initialised first; if one fails nothing changes and -1 is returned with
+ * why. A plugin whose file changed on disk is swapped; a refused replacement
+ * is logged and counted but does not fail the apply.
+ */
+int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, char *why,
+                       size_t why_len);
+
+/* 1 while any plugin is between generations. */
+int sbh_registry_swapping(const struct sbh_registry *reg);
+
+/* Called when the last swap finishes (to run a reload that waited). */
+void sbh_registry_set_swap_done(struct sbh_registry *reg, void (*fn)(void *), void *arg);
+
+/*
+ * Route an HTTP request to a plugin's webhook. Returns 1 when the path
+ * belongs to a plugin (the request is then answered, now or later), 0 when it
+ * is not a webhook path.
+ */
+int sbh_registry_webhook(struct sbh_registry *reg, struct evhttp_request *req, const char *path);
+
+/* Webhook replies outstanding (held or with a plugin). */
+size_t sbh_registry_pending(const struct sbh_registry *reg);
+
+/* Answer every outstanding webhook with 503 (end of drain). */
+void sbh_registry_abort_pending(struct sbh_registry *reg);
+
+/* JSON for /v1/providers and /readyz (new references). */
+json_t *sbh_registry_providers(const struct sbh_registry *reg);
+/* 1 when every configured enabled plugin is initialised and serving. */
+int sbh_registry_ready(const struct sbh_registry *reg, json_t **plugins);
+size_t sbh_registry_loaded(const struct sbh_registry *reg);
+
+#endif

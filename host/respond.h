@@ -1,0 +1,24 @@
+/*
+ * The one place HTTP answers are written: JSON bodies, the error shape
+ * {"error":{"code","message","details"}}, and per-route request metrics.
+ */
+#ifndef SBH_RESPOND_H
+#define SBH_RESPOND_H
+
+#include <stddef.h>
+
+#include <event2/http.h>
+#include <jansson.h>
+
+/* Send status with body (copied); route labels the request in /metrics. */
+void sbh_respond(struct evhttp_request *req, const char *route, int status,
+                 const char *content_type, const void *body, size_t len);
+
+/* Send a JSON document; steals body. */
+void sbh_respond_json(struct evhttp_request *req, const char *route, int status, json_t *body);
+
+/* Send the error shape; details (stolen) may be NULL. */
+void sbh_respond_error(struct evhttp_request *req, const char *route, int status,
+                       const char *code, const char *message, json_t *details);
+
+#endif

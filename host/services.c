@@ -1,0 +1,228 @@
+/*
+ * The host services table handed to plugins. Every resource a plugin opens
+ * here is recorded against its generation and instance so the host can take
+ * it all back before an instance stops or a generation is unloaded.
+ */
+#include "runtime.h"
+
+#include "log.h"
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const state_names[] = {"stopped",      "connecting", "qr", "connected",
+                                          "disconnected", "error"};
+
+static const char *gen_name(const struct sb_plugin *gen)
+{
+    return gen && gen->slot ? gen->slot->name : NULL;
+}
+
+static void svc_log(sb_plugin *self, sb_instance *inst, enum sb_log_level level, const char *fmt,
+                    ...)
+{
+    va_list ap;
+    if (level > SB_LOG_DEBUG)
+        level = SB_LOG_DEBUG;
+    va_start(ap, fmt);
+    sbh_logv(level, "plugin", gen_name(self), inst ? inst->id : NULL, fmt, ap);
+    va_end(ap);
+}
+
+static const char *svc_instance_id(sb_instance *inst)
+{
+    return inst ? inst->id : NULL;
+}
+
+static void svc_set_state(sb_instance *inst, enum sb_instance_state state, const char *detail)
+{
+    if (!inst || state > SB_STATE_ERROR)
+        return;
+    if (inst->conn_state != state)
+        sbh_log(SB_LOG_INFO, "instance", inst->slot->name, inst->id, "state %s%s%s",
+                state_names[state], detail ? ": " : "", detail ? detail : "");
+    inst->conn_state = state;
+    free(inst->detail);
+    inst->detail = detail ? strdup(detail) : NULL;
+}
+
+static int svc_emit_event(sb_instance *inst, const char *type, json_t *payload)
+{
+    if (!inst || !type || !payload) {
+        json_decref(payload);
+        return SB_EINVAL;
+    }
+    struct sbh_registry *reg = inst->slot->reg;
+    sbh_metrics_add("switchboard_events_total", "Inbound events emitted by plugins", 1,
+                    "provider", inst->slot->name, "instance", inst->id, "type", type, NULL);
+    if (reg->sink) {
+        reg->sink(reg->sink_arg, inst->slot->name, inst->id, type, payload);
+        return SB_OK;
+    }
+    json_decref(payload);
+    return SB_OK;
+}
+
+static int svc_reply(sb_reply *reply, int status, const char *content_type, const void *body,
+                     size_t len)
+{
+    if (!reply)
+        return SB_EINVAL;
+    return sbh_reply_answer(reply, status, content_type, body, len);
+}
+
+static void timer_free(struct sb_timer *t)
+{
+    LIST_REMOVE(t, by_gen);
+    if (t->inst)
+        LIST_REMOVE(t, by_inst);
+    event_free(t->ev);
+    free(t);
+}
+
+static void timer_fire(evutil_socket_t fd, short what, void *arg)
+{
+    struct sb_timer *t = arg;
+    t->firing = 1;
+    t->fn(t->arg);
+    t->firing = 0;
+    if (!t->repeat || t->cancelled)
+        timer_free(t);
+}
+
+static sb_timer *svc_timer_start(sb_plugin *self, sb_instance *inst, uint32_t ms, int repeat,
+                                 sb_timer_fn fn, void *arg)
+{
+    if (!self || !fn)
+        return NULL;
+    struct sb_timer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    struct event_base *base = self->slot->reg->base;
+    t->ev = event_new(base, -1, repeat ? EV_PERSIST : 0, timer_fire, t);
+    if (!t->ev) {
+        free(t);
+        return NULL;
+    }
+    t->gen = self;
+    t->inst = inst;
+    t->fn = fn;
+    t->arg = arg;
+    t->repeat = repeat;
+    LIST_INSERT_HEAD(&self->timers, t, by_gen);
+    if (inst)
+        LIST_INSERT_HEAD(&inst->timers, t, by_inst);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(t->ev, &tv);
+    return t;
+}
+
+static void svc_timer_cancel(sb_timer *t)
+{
+    if (!t)
+        return;
+    if (t->firing) {
+        t->cancelled = 1;
+        event_del(t->ev);
+        return;
+    }
+    timer_free(t);
+}
+
+void sbh_timers_cancel_gen(struct sb_plugin *gen)
+{
+    struct sb_timer *t;
+    while ((t = LIST_FIRST(&gen->timers)) != NULL)
+        timer_free(t);
+}
+
+void sbh_timers_cancel_inst(struct sb_instance *inst)
+{
+    struct sb_timer *t;
+    while ((t = LIST_FIRST(&inst->timers)) != NULL)
+        timer_free(t);
+}
+
+/* Services later issues provide: the shape is final, the answer is "not here yet". */
+static sb_http_call *svc_http_request(sb_plugin *self, sb_instance *inst,
+                                      const sb_http_request *req, sb_http_done_fn done, void *arg)
+{
+    return NULL;
+}
+
+static void svc_http_cancel(sb_http_call *call)
+{
+}
+
+static sb_ws *svc_ws_connect(sb_plugin *self, sb_instance *inst, const char *url,
+                             const sb_header *headers, size_t n_headers, sb_ws_fn fn, void *arg)
+{
+    return NULL;
+}
+
+static int svc_ws_send(sb_ws *ws, int binary, const void *data, size_t len)
+{
+    return SB_ENOTAVAIL;
+}
+
+static void svc_ws_close(sb_ws *ws, int code, const char *reason)
+{
+}
+
+static int svc_kv_get(sb_instance *inst, const char *key, char **value)
+{
+    return SB_ENOTAVAIL;
+}
+
+static int svc_kv_set(sb_instance *inst, const char *key, const char *value)
+{
+    return SB_ENOTAVAIL;
+}
+
+static int valid_metric_name(const char *s)
+{
+    if (!s || !*s || strlen(s) > 64)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return 0;
+    return 1;
+}
+
+static void svc_metric_add(sb_plugin *self, sb_instance *inst, const char *name, double delta)
+{
+    char full[128];
+    if (!self || !valid_metric_name(name))
+        return;
+    snprintf(full, sizeof(full), "switchboard_plugin_%s_total", name);
+    sbh_metrics_add(full, "Counter reported by a plugin", delta, "provider", gen_name(self),
+                    "instance", inst ? inst->id : "", NULL);
+}
+
+static const sb_host_services services = {
+    .struct_size = sizeof(sb_host_services),
+    .abi_major = SB_ABI_MAJOR,
+    .abi_minor = SB_ABI_MINOR,
+    .log = svc_log,
+    .instance_id = svc_instance_id,
+    .set_state = svc_set_state,
+    .emit_event = svc_emit_event,
+    .reply = svc_reply,
+    .timer_start = svc_timer_start,
+    .timer_cancel = svc_timer_cancel,
+    .http_request = svc_http_request,
+    .http_cancel = svc_http_cancel,
+    .ws_connect = svc_ws_connect,
+    .ws_send = svc_ws_send,
+    .ws_close = svc_ws_close,
+    .kv_get = svc_kv_get,
+    .kv_set = svc_kv_set,
+    .metric_add = svc_metric_add,
+};
+
+const sb_host_services *sbh_services(void)
+{
+    return &services;
+}

@@ -1,0 +1,176 @@
+/*
+ * Webhook requests on their way to a plugin: copied out of evhttp so a plugin
+ * may read them until it answers, held while its plugin swaps, answered
+ * exactly once.
+ */
+#include "runtime.h"
+
+#include "log.h"
+#include "respond.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "GET";
+}
+
+static void reply_free(struct sb_reply *r)
+{
+    for (size_t i = 0; i < r->n_headers; i++) {
+        free((char *)r->headers[i].name);
+        free((char *)r->headers[i].value);
+    }
+    free(r->headers);
+    free(r->route);
+    free(r->instance_id);
+    free(r->subpath);
+    free(r->query);
+    free(r->method);
+    free(r->body);
+    free(r);
+}
+
+/* The client went away: evhttp frees the request right after this. */
+static void on_connection_close(struct evhttp_connection *conn, void *arg)
+{
+    struct sb_reply *r = arg;
+    r->req = NULL;
+}
+
+static int copy_headers(struct sb_reply *r, struct evkeyvalq *in)
+{
+    struct evkeyval *kv;
+    size_t n = 0;
+    TAILQ_FOREACH(kv, in, next)
+    n++;
+    r->headers = calloc(n ? n : 1, sizeof(*r->headers));
+    if (!r->headers)
+        return -1;
+    TAILQ_FOREACH(kv, in, next)
+    {
+        sb_header *h = &r->headers[r->n_headers++];
+        h->name = strdup(kv->key);
+        h->value = strdup(kv->value);
+        if (!h->name || !h->value)
+            return -1;
+    }
+    return 0;
+}
+
+static int copy_body(struct sb_reply *r, struct evbuffer *in)
+{
+    r->body_len = evbuffer_get_length(in);
+    r->body = malloc(r->body_len + 1);
+    if (!r->body)
+        return -1;
+    evbuffer_copyout(in, r->body, r->body_len);
+    r->body[r->body_len] = '\0'; /* plugins may treat a text body as a string */
+    return 0;
+}
+
+struct sb_reply *sbh_reply_new(struct sbh_slot *slot, struct evhttp_request *req,
+                               const char *rest)
+{
+    struct sb_reply *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->reg = slot->reg;
+    r->req = req;
+    const char *slash = strchr(rest, '/');
+    size_t id_len = slash ? (size_t)(slash - rest) : strlen(rest);
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    r->instance_id = strndup(rest, id_len);
+    r->subpath = strdup(slash ? slash : "");
+    r->query = query ? strdup(query) : NULL;
+    r->method = strdup(method_name(evhttp_request_get_command(req)));
+    if (asprintf(&r->route, "%s/{instance}", slot->webhook_path) < 0)
+        r->route = NULL;
+    if (!r->instance_id || !r->subpath || (query && !r->query) || !r->method || !r->route ||
+        copy_headers(r, evhttp_request_get_input_headers(req)) < 0 ||
+        copy_body(r, evhttp_request_get_input_buffer(req)) < 0) {
+        reply_free(r);
+        return NULL;
+    }
+    r->view = (sb_http_request){.method = r->method,
+                                .url = r->subpath,
+                                .query = r->query,
+                                .headers = r->headers,
+                                .n_headers = r->n_headers,
+                                .body = r->body,
+                                .body_len = r->body_len};
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_connection_close, r);
+    return r;
+}
+
+int sbh_reply_answer(struct sb_reply *r, int status, const char *content_type, const void *body,
+                     size_t len)
+{
+    if (status < 100 || status > 599)
+        return SB_EINVAL;
+    if (r->req) {
+        evhttp_connection_set_closecb(evhttp_request_get_connection(r->req), NULL, NULL);
+        sbh_respond(r->req, r->route, status, content_type, body, len);
+    }
+    struct sbh_registry *reg = r->reg;
+    if (r->inst) {
+        TAILQ_REMOVE(&r->inst->pending, r, link);
+        r->inst->n_pending--;
+    }
+    reply_free(r);
+    sbh_registry_reply_done(reg);
+    return SB_OK;
+}
+
+void sbh_reply_error(struct sb_reply *r, int status, const char *code, const char *message)
+{
+    json_t *doc = json_pack("{s:{s:s, s:s, s:{s:s}}}", "error", "code", code, "message", message,
+                            "details", "instance", r->instance_id);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(doc);
+    sbh_reply_answer(r, status, NULL, text ? text : "{}", text ? strlen(text) : 2);
+    free(text);
+}
+
+void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *r)
+{
+    if (!r->req) {
+        reply_free(r);
+        return;
+    }
+    struct sb_instance *inst;
+    TAILQ_FOREACH(inst, &slot->instances, link)
+    if (!strcmp(inst->id, r->instance_id))
+        break;
+    if (!inst) {
+        sbh_reply_error(r, 404, "instance_not_found", "no such instance for this provider");
+        return;
+    }
+    if (!inst->gen) {
+        sbh_reply_error(r, 503, "instance_not_running", "the instance is not running");
+        return;
+    }
+    if (!inst->gen->desc->webhook) {
+        sbh_reply_error(r, 404, "no_webhooks", "this provider takes no webhooks");
+        return;
+    }
+    r->inst = inst;
+    TAILQ_INSERT_TAIL(&inst->pending, r, link);
+    inst->n_pending++;
+    inst->gen->desc->webhook(inst, inst->state, &r->view, r);
+}
