@@ -201,6 +201,23 @@ static void svc_metric_add(sb_plugin *self, sb_instance *inst, const char *name,
                     "instance", inst ? inst->id : "", NULL);
 }
 
+static sb_plugin *svc_instance_plugin(sb_instance *inst)
+{
+    return inst ? inst->gen : NULL;
+}
+
+static int svc_reply_header(sb_reply *reply, const char *name, const char *value)
+{
+    if (!reply || !name || !value)
+        return SB_EINVAL;
+    if (!reply->req)
+        return SB_EGONE;
+    /* evhttp refuses CR/LF in either part, which keeps header injection out. */
+    return evhttp_add_header(evhttp_request_get_output_headers(reply->req), name, value) == 0
+               ? SB_OK
+               : SB_EINVAL;
+}
+
 static const sb_host_services services = {
     .struct_size = sizeof(sb_host_services),
     .abi_major = SB_ABI_MAJOR,
@@ -220,6 +237,8 @@ static const sb_host_services services = {
     .kv_get = svc_kv_get,
     .kv_set = svc_kv_set,
     .metric_add = svc_metric_add,
+    .instance_plugin = svc_instance_plugin,
+    .reply_header = svc_reply_header,
 };
 
 const sb_host_services *sbh_services(void)

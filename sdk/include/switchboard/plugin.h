@@ -124,11 +124,18 @@ typedef struct sb_plugin_desc {
                           sb_reply *reply);
 
     /*
-     * Optional. Provider-specific status for GET /v1/instances/{id}; a new
+     * Optional. Provider-specific status shown with the instance; a new
      * reference the host releases, or NULL.
      */
     json_t *(*const status)(sb_instance *inst, void *state);
 } sb_plugin_desc;
+
+/* Visible even when a plugin builds with -fvisibility=hidden. */
+#if defined(__GNUC__)
+#define SB_EXPORT __attribute__((visibility("default")))
+#else
+#define SB_EXPORT
+#endif
 
 /* The one symbol a plugin exports. */
 typedef const sb_plugin_desc *(*sb_plugin_entry_fn)(void);
@@ -136,14 +143,15 @@ typedef const sb_plugin_desc *(*sb_plugin_entry_fn)(void);
 
 /*
  * Define the entry point with designated initialisers; members left out are
- * NULL/0, and the ABI header fields are filled in. Example:
+ * NULL/0, and the ABI header fields are filled in (do not set them yourself:
+ * -Woverride-init rejects it). Example:
  *
  *   SWITCHBOARD_PLUGIN_INIT(.name = "echo", .version = "1.0.0",
  *                           .init = echo_init, ...)
  */
 #define SWITCHBOARD_PLUGIN_INIT(...)                                                               \
-    const sb_plugin_desc *switchboard_plugin_entry(void);                                          \
-    const sb_plugin_desc *switchboard_plugin_entry(void)                                           \
+    SB_EXPORT const sb_plugin_desc *switchboard_plugin_entry(void);                                \
+    SB_EXPORT const sb_plugin_desc *switchboard_plugin_entry(void)                                 \
     {                                                                                              \
         static const sb_plugin_desc desc = {.abi_major = SB_ABI_MAJOR,                             \
                                             .abi_minor = SB_ABI_MINOR,                             \

@@ -29,6 +29,12 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#define SB_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define SB_PRINTF(fmt, args)
+#endif
+
 /* Opaque host objects. */
 typedef struct sb_plugin sb_plugin;     /* one loaded generation of a plugin */
 typedef struct sb_instance sb_instance; /* one running instance */
@@ -68,7 +74,8 @@ typedef struct sb_header {
  */
 typedef struct sb_http_request {
     const char *method;  /* "GET", "POST", ... */
-    const char *url;     /* outbound: absolute URL; inbound: path after /webhook/<p>/<i> */
+    const char *url;     /* outbound: absolute URL; inbound: path after <webhook_path>/<instance>,
+                            "" when there is none */
     const char *query;   /* inbound: raw query string without '?', or NULL */
     const sb_header *headers;
     size_t n_headers;
@@ -102,7 +109,7 @@ typedef struct sb_host_services {
 
     /* Structured log line; inst may be NULL. Never pass secrets. */
     void (*log)(sb_plugin *self, sb_instance *inst, enum sb_log_level level, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
+        SB_PRINTF(4, 5);
 
     /* The instance's id (borrowed, lives as long as the instance). */
     const char *(*instance_id)(sb_instance *inst);
@@ -163,6 +170,15 @@ typedef struct sb_host_services {
      * switchboard_plugin_<name>_total{provider,instance}. name is [a-z0-9_]+.
      */
     void (*metric_add)(sb_plugin *self, sb_instance *inst, const char *name, double delta);
+
+    /* The generation running inst, for callbacks that only get the instance. */
+    sb_plugin *(*instance_plugin)(sb_instance *inst);
+
+    /*
+     * Add a response header (copied) to a webhook answer before reply();
+     * e.g. Allow on a 405 or Retry-After on a 503.
+     */
+    int (*reply_header)(sb_reply *reply, const char *name, const char *value);
 } sb_host_services;
 
 #ifdef __cplusplus

@@ -1,0 +1,42 @@
+#!/bin/sh
+# The daemon's start/stop cycle under valgrind: start with the echo plugin,
+# serve a webhook, reload once, SIGTERM, and require no leak and exit 0.
+# Skipped (77) in sanitizer builds, where valgrind cannot run.
+set -u
+if [ "${SB_SANITIZERS:-no}" = yes ]; then
+    echo "sanitizer build: valgrind cycle skipped"; exit 77
+fi
+command -v valgrind >/dev/null || { echo "valgrind not installed"; exit 77; }
+tmp=$(mktemp -d)
+trap 'kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/conf.d" "$tmp/plugins" "$tmp/state"
+cp "$SB_PLUGIN_DIR/echo.so" "$tmp/plugins/"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$tmp/switchboard.json" <<JSON
+{"listen": {"port": $port}, "plugins": {"echo": {}},
+ "instances": {"demo": {"provider": "echo", "settings": {"prefix": "> "}}}}
+JSON
+valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
+    --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
+    "$SB_DAEMON" --config "$tmp/switchboard.json" --plugin-dir "$tmp/plugins" \
+    --state-dir "$tmp/state" 2>"$tmp/log" &
+pid=$!
+up=0
+for _ in $(seq 1 100); do
+    if curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then up=1; break; fi
+    sleep 0.2
+done
+[ $up = 1 ] || { echo "daemon did not come up"; cat "$tmp/log"; exit 1; }
+curl -fs -XPOST "http://127.0.0.1:$port/webhook/echo/demo" -d '{"text":"hi"}' >/dev/null ||
+    { echo "webhook failed"; cat "$tmp/log"; exit 1; }
+echo '{"plugins": {"echo": {}}, "instances": {"demo2": {"provider": "echo"}}}' > "$tmp/conf.d/x.json"
+sleep 2
+curl -fs -XPOST "http://127.0.0.1:$port/webhook/echo/demo2" -d '{"text":"hi"}' >/dev/null ||
+    { echo "reload did not add demo2"; cat "$tmp/log"; exit 1; }
+kill -TERM $pid
+wait $pid
+rc=$?
+if [ $rc -ne 0 ]; then
+    echo "daemon exited $rc under valgrind:"; cat "$tmp/log"; exit 1
+fi
+echo "valgrind: no leaks, no errors, exit 0"
