@@ -238,6 +238,8 @@ static json_t *plugin_section(json_t *doc, const char *name, int create)
     return p;
 }
 
+static int valid_webhook_path(const char *p);
+
 static int apply_env_one(json_t *doc, const char *var, struct sbh_config_error *err)
 {
     const char *eq = strchr(var, '=');
@@ -246,6 +248,8 @@ static int apply_env_one(json_t *doc, const char *var, struct sbh_config_error *
     size_t klen = (size_t)(eq - var);
     const char *val = eq + 1;
     char key[128], provider[128];
+    if (klen >= sizeof(key))
+        return 0; /* longer than any variable of ours; key would be cut short */
     snprintf(key, sizeof(key), "%.*s", (int)klen, var);
 
     if (!strcmp(key, "MULTI_PROVIDER_PORT")) {
@@ -282,6 +286,12 @@ static int apply_env_one(json_t *doc, const char *var, struct sbh_config_error *
     const char *suffix = "_WEBHOOK_PATH";
     size_t slen = strlen(suffix);
     if (klen > slen && !strcmp(key + klen - slen, suffix)) {
+        if (!valid_webhook_path(val)) {
+            set_error(err, "environment", 0, 0, key,
+                      "webhook_path must start with '/', not end with '/', and use only "
+                      "letters, digits and -_.~/");
+            return -1;
+        }
         env_to_provider(key, klen - slen, provider, sizeof(provider));
         json_t *p = plugin_section(doc, provider, 0);
         if (p)

@@ -1,5 +1,6 @@
 #include "json_locate.h"
 
+#include <ctype.h>
 #include <string.h>
 
 struct scan {
@@ -73,6 +74,88 @@ static int skip_value(struct scan *sc)
     }
 }
 
+static long hex4(const char *s, size_t avail)
+{
+    long v = 0;
+    if (avail < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        int c = (unsigned char)s[i];
+        if (!isxdigit(c))
+            return -1;
+        v = v * 16 + (isdigit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+static size_t utf8_put(unsigned long cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Decode the escape at s (s[0] is '\\') into out; returns the bytes it took, 0 if bad. */
+static size_t unescape(const char *s, size_t avail, char *out, size_t *out_len)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    const char *p = avail >= 2 && s[1] ? strchr(from, s[1]) : NULL;
+    if (p) {
+        out[0] = to[p - from];
+        *out_len = 1;
+        return 2;
+    }
+    if (avail < 6 || s[1] != 'u')
+        return 0;
+    long cp = hex4(s + 2, avail - 2);
+    size_t used = 6;
+    if (cp >= 0xD800 && cp < 0xDC00 && avail >= 12 && s[6] == '\\' && s[7] == 'u') {
+        long lo = hex4(s + 8, avail - 8);
+        if (lo >= 0xDC00 && lo < 0xE000) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            used = 12;
+        }
+    }
+    if (cp < 0)
+        return 0;
+    *out_len = utf8_put((unsigned long)cp, out);
+    return used;
+}
+
+/* Whether the raw (still escaped) key text equals the decoded key want. */
+static int key_equals(const char *raw, size_t len, const char *want)
+{
+    size_t wlen = strlen(want), w = 0;
+    for (size_t i = 0; i < len;) {
+        char buf[4] = {raw[i]};
+        size_t n = 1, used = 1;
+        if (raw[i] == '\\' && (used = unescape(raw + i, len - i, buf, &n)) == 0)
+            return 0;
+        if (w + n > wlen || memcmp(want + w, buf, n) != 0)
+            return 0;
+        i += used;
+        w += n;
+    }
+    return w == wlen;
+}
+
 /* With sc at an object, move to the key named want; leaves pos at the key. */
 static int find_key(struct scan *sc, const char *want)
 {
@@ -91,7 +174,7 @@ static int find_key(struct scan *sc, const char *want)
         size_t key_at = sc->pos, start, klen;
         if (skip_string(sc, &start, &klen) < 0)
             return -1;
-        if (klen == strlen(want) && memcmp(sc->s + start, want, klen) == 0) {
+        if (key_equals(sc->s + start, klen, want)) {
             sc->pos = key_at;
             return 0;
         }

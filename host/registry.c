@@ -339,7 +339,33 @@ struct prepared {
     struct sbh_slot *slot;     /* existing slot, or a new unlinked one */
     struct sb_plugin *gen;
     int is_new;
+    /* slot->file/plugin_config hold pc's values; the old ones are below */
+    int has_old;
+    char *old_file;
+    json_t *old_conf;
 };
+
+/* Put the slot's file and config back as they were before prepare(). */
+static void restore_old(struct prepared *p)
+{
+    if (!p->has_old)
+        return;
+    free(p->slot->file);
+    json_decref(p->slot->plugin_config);
+    p->slot->file = p->old_file;
+    p->slot->plugin_config = p->old_conf;
+    p->has_old = 0;
+}
+
+/* The apply commits: the old file and config are no longer needed. */
+static void drop_old(struct prepared *p)
+{
+    if (!p->has_old)
+        return;
+    free(p->old_file);
+    json_decref(p->old_conf);
+    p->has_old = 0;
+}
 
 static int file_changed(const struct sbh_slot *slot, struct sbh_file_id *now)
 {
@@ -382,28 +408,21 @@ static int prepare(struct sbh_registry *reg, const struct sbh_config *cfg, struc
         p->slot = slot ? slot : slot_new(reg, pc);
         if (!p->slot) {
             snprintf(why, why_len, "out of memory");
+            (*n_prep)--;
             return -1;
         }
-        /* Load with the new file and config; the slot is restored on failure. */
-        char *old_file = p->slot->file;
-        json_t *old_conf = p->slot->plugin_config;
+        /* Load with the new file and config; the slot is restored on failure
+         * and when the apply fails later (unprepare). */
+        p->has_old = 1;
+        p->old_file = p->slot->file;
+        p->old_conf = p->slot->plugin_config;
         p->slot->file = strdup(pc->file);
         p->slot->plugin_config = json_deep_copy(pc->config);
         char reason[512];
         p->gen = gen_load(reg, p->slot, reason, sizeof(reason));
-        if (p->gen && !p->is_new) {
-            free(old_file);
-            json_decref(old_conf);
-            continue;
-        }
         if (p->gen)
             continue;
-        if (!p->is_new) {
-            free(p->slot->file);
-            json_decref(p->slot->plugin_config);
-            p->slot->file = old_file;
-            p->slot->plugin_config = old_conf;
-        }
+        restore_old(p);
         if (!reg->applied_once && p->is_new) {
             /* First start: keep the slot, failed, so /readyz can say why. */
             sbh_log_fields(SB_LOG_ERROR, "plugins", pc->name, NULL,
@@ -429,6 +448,7 @@ static void unprepare(struct prepared *prep, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         gen_unload(prep[i].gen);
+        restore_old(&prep[i]);
         if (prep[i].is_new)
             slot_free(prep[i].slot);
     }
@@ -485,6 +505,7 @@ int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, c
         slot_free(slot);
     }
     for (size_t i = 0; i < n_prep; i++) {
+        drop_old(&prep[i]);
         if (prep[i].is_new) {
             TAILQ_INSERT_TAIL(&reg->slots, prep[i].slot, link);
             if (prep[i].gen) {
