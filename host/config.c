@@ -16,6 +16,9 @@
 #ifndef SBH_PLUGINDIR
 #define SBH_PLUGINDIR "/usr/lib/switchboard/plugins"
 #endif
+#ifndef SBH_MIGRATIONSDIR
+#define SBH_MIGRATIONSDIR "/usr/share/switchboard/migrations"
+#endif
 #ifndef SBH_STATEDIR
 #define SBH_STATEDIR "/var/lib/switchboard"
 #endif
@@ -464,15 +467,24 @@ static int build_scalars(struct sbh_config *cfg, const struct sbh_config_overrid
         cfg->plugin_dir = strdup(ov->plugin_dir);
     else
         cfg->plugin_dir = resolve_path(base, str_or(doc, "plugin_dir", SBH_PLUGINDIR));
-    free(base);
     cfg->log_level = sbh_log_level_parse(str_or(doc, "log_level", "info"));
     json_t *t = json_object_get(doc, "shutdown_timeout_ms");
     cfg->shutdown_timeout_ms = t ? (unsigned)json_integer_value(t) : 5000;
     t = json_object_get(doc, "swap_timeout_ms");
     cfg->swap_timeout_ms = t ? (unsigned)json_integer_value(t) : 5000;
     const char *db = str_or(doc, "database_url", NULL);
-    cfg->database_url = db ? strdup(db) : NULL;
-    return cfg->listen_address && cfg->state_dir && cfg->plugin_dir ? 0 : -1;
+    cfg->database_url = db && *db ? strdup(db) : NULL;
+    if (ov && ov->migrations_dir)
+        cfg->migrations_dir = strdup(ov->migrations_dir);
+    else
+        cfg->migrations_dir = resolve_path(base, str_or(doc, "migrations_dir", SBH_MIGRATIONSDIR));
+    /* Beside the main config by default: /etc/switchboard/master.key. */
+    cfg->master_key_file = resolve_path(base, str_or(doc, "master_key_file", "master.key"));
+    free(base);
+    return cfg->listen_address && cfg->state_dir && cfg->plugin_dir && cfg->migrations_dir &&
+                   cfg->master_key_file
+               ? 0
+               : -1;
 }
 
 static json_t *load_all(const char *path, struct sbh_config *cfg, struct sources *srcs,
@@ -564,6 +576,8 @@ void sbh_config_free(struct sbh_config *cfg)
     free(cfg->state_dir);
     free(cfg->plugin_dir);
     free(cfg->database_url);
+    free(cfg->migrations_dir);
+    free(cfg->master_key_file);
     json_decref(cfg->merged);
     free(cfg);
 }

@@ -40,7 +40,9 @@ struct sbh_config {
     int log_level; /* enum sb_log_level */
     unsigned shutdown_timeout_ms;
     unsigned swap_timeout_ms;
-    char *database_url; /* NULL: none configured */
+    char *database_url; /* NULL: run the embedded server */
+    char *migrations_dir;
+    char *master_key_file;
     struct sbh_plugin_conf *plugins;
     size_t n_plugins;
     struct sbh_instance_conf *instances;
@@ -62,6 +64,7 @@ struct sbh_config_error {
 struct sbh_config_overrides {
     const char *plugin_dir;
     const char *state_dir;
+    const char *migrations_dir;
     int port;
 };
 

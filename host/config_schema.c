@@ -45,6 +45,8 @@ static const struct field top_fields[] = {
     {"shutdown_timeout_ms", F_INT, NULL, 0, 3600000, NULL},
     {"swap_timeout_ms", F_INT, NULL, 0, 3600000, NULL},
     {"database_url", F_STRING, NULL, 0, 0, NULL},
+    {"migrations_dir", F_STRING, NULL, 0, 0, NULL},
+    {"master_key_file", F_STRING, NULL, 0, 0, NULL},
     {"plugins", F_MAP, plugin_fields, 0, 0, NULL},
     {"instances", F_MAP, instance_fields, 0, 0, NULL},
     {NULL, 0, NULL, 0, 0, NULL},

@@ -1,6 +1,8 @@
 #include "daemon.h"
 
+#include "auth.h"
 #include "log.h"
+#include "secrets.h"
 #include "metrics.h"
 #include "notify.h"
 
@@ -61,6 +63,21 @@ static void on_swaps_done(void *arg)
     sbh_daemon_reload(d);
 }
 
+/* A rotation adds a key to the file; read it so new rows seal with it. */
+static void reload_keyring(struct sbh_daemon *d, const struct sbh_config *cfg)
+{
+    char why[512];
+    if (!d->ring || getenv("SWITCHBOARD_MASTER_KEY"))
+        return;
+    struct sbh_keyring *ring = sbh_keyring_load_file(cfg->master_key_file, why, sizeof(why));
+    if (!ring) {
+        sbh_warn("secrets", "master key file not reloaded, keeping the old keys: %s", why);
+        return;
+    }
+    sbh_keyring_free(d->ring);
+    d->ring = ring;
+}
+
 static int listen_changed(const struct sbh_config *a, const struct sbh_config *b)
 {
     return a->port != b->port || strcmp(a->listen_address, b->listen_address) != 0;
@@ -101,6 +118,7 @@ int sbh_daemon_reload(struct sbh_daemon *d)
     }
     if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0)
         sbh_warn("reload", "state_dir changes take effect at the next start");
+    reload_keyring(d, cfg);
     sbh_config_free(d->cfg);
     d->cfg = cfg;
     sbh_log_set_level((enum sb_log_level)cfg->log_level);
@@ -138,7 +156,7 @@ static void finish_shutdown(struct sbh_daemon *d)
 static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
 {
     struct sbh_daemon *d = arg;
-    if (sbh_registry_pending(d->reg) == 0)
+    if (sbh_registry_pending(d->reg) == 0 && d->api_inflight == 0)
         finish_shutdown(d);
 }
 
@@ -161,7 +179,7 @@ void sbh_daemon_shutdown(struct sbh_daemon *d)
         evhttp_del_accept_socket(d->http, d->listener);
         d->listener = NULL;
     }
-    size_t pending = sbh_registry_pending(d->reg);
+    size_t pending = sbh_registry_pending(d->reg) + d->api_inflight;
     sbh_info("main", "shutting down: draining %zu requests", pending);
     if (pending == 0) {
         finish_shutdown(d);
@@ -250,6 +268,11 @@ int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_con
         sbh_error("main", "%s", why);
         return -1;
     }
+    if (sbh_storage_open(d, why, sizeof(why)) < 0) {
+        sbh_log_fields(SB_LOG_ERROR, "storage", NULL, NULL, json_pack("{s:s}", "reason", why),
+                       "cannot open the database");
+        return -1;
+    }
     d->watch = sbh_watch_new(d);
     return 0;
 }
@@ -265,6 +288,8 @@ void sbh_daemon_free(struct sbh_daemon *d)
 {
     /* Stops instances and shuts plugins down before the loop objects go. */
     sbh_registry_free(d->reg);
+    d->reg = NULL;
+    sbh_storage_close(d);
     sbh_watch_free(d->watch);
     for (size_t i = 0; i < sizeof(d->signals) / sizeof(d->signals[0]); i++)
         if (d->signals[i])

@@ -11,7 +11,12 @@
 #include <event2/http.h>
 
 #include "config.h"
+#include "db.h"
+#include "mariadb.h"
 #include "registry.h"
+
+struct sbh_auth;
+struct sbh_keyring;
 
 struct sbh_watch;
 
@@ -29,6 +34,14 @@ struct sbh_daemon {
     struct event *signals[4];
     struct event *drain_poll;
     struct event *drain_deadline;
+    struct sbh_db *db;
+    struct sbh_db_params db_params;
+    struct sbh_mariadb mariadb; /* the embedded server, when pid != 0 */
+    struct sbh_auth *auth;
+    struct sbh_keyring *ring;
+    struct sbh_kv *kv;
+    struct event *key_refresh;
+    unsigned api_inflight;
     int reload_wanted; /* a reload waits for a swap to end */
     int stopping;
     int exit_code;
@@ -45,6 +58,17 @@ void sbh_daemon_free(struct sbh_daemon *d);
 int sbh_daemon_reload(struct sbh_daemon *d);
 /* Begin a bounded drain, then stop. */
 void sbh_daemon_shutdown(struct sbh_daemon *d);
+
+/*
+ * storage.c: the database at start-up (embedded server or DATABASE_URL,
+ * migrations, master key, first admin key, stored instances) and the worker
+ * pool afterwards. Blocking; before the loop runs. -1 with why on failure.
+ */
+int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len);
+void sbh_storage_close(struct sbh_daemon *d);
+/* Commands: `switchboardd migrate [--status]` and `switchboardd rotate-key`. */
+int sbh_cmd_migrate(const struct sbh_config *cfg, int status_only);
+int sbh_cmd_rotate_key(const struct sbh_config *cfg);
 
 /* http.c: serve the API on d->http. */
 int sbh_http_setup(struct sbh_daemon *d);

@@ -1,6 +1,7 @@
 /* The HTTP front: health, readiness, metrics, the provider list and webhooks. */
 #include "daemon.h"
 
+#include "api.h"
 #include "log.h"
 #include "metrics.h"
 #include "respond.h"
@@ -29,8 +30,10 @@ static void serve_healthz(struct sbh_daemon *d, struct evhttp_request *req)
 static void serve_readyz(struct sbh_daemon *d, struct evhttp_request *req)
 {
     json_t *plugins;
-    int ready = sbh_registry_ready(d->reg, &plugins) && !d->stopping;
-    json_t *body = json_pack("{s:b, s:o}", "ready", ready, "plugins", plugins);
+    int db = d->db && sbh_db_available(d->db);
+    int ready = sbh_registry_ready(d->reg, &plugins) && !d->stopping && db;
+    json_t *body = json_pack("{s:b, s:o, s:s}", "ready", ready, "plugins", plugins, "database",
+                             db ? "up" : "down");
     if (d->stopping)
         json_object_set_new(body, "reason", json_string("shutting down"));
     sbh_respond_json(req, "/readyz", ready ? 200 : 503, body);
@@ -49,6 +52,10 @@ static void serve_metrics(struct sbh_daemon *d, struct evhttp_request *req)
                       (double)sbh_registry_loaded(d->reg));
     sbh_metrics_gauge(out, "switchboard_webhooks_pending", "Webhook requests awaiting an answer",
                       (double)sbh_registry_pending(d->reg));
+    sbh_metrics_gauge(out, "switchboard_database_up", "1 when the database answers",
+                      d->db && sbh_db_available(d->db) ? 1 : 0);
+    sbh_metrics_gauge(out, "switchboard_api_requests_in_flight", "API requests awaiting the database",
+                      (double)d->api_inflight);
     /* Both results always present so rate() works from the first scrape. */
     sbh_metrics_add("switchboard_reloads_total", "Config reloads by result", 0, "result", "ok",
                     NULL);
@@ -61,12 +68,6 @@ static void serve_metrics(struct sbh_daemon *d, struct evhttp_request *req)
     evbuffer_free(out);
 }
 
-static void serve_providers(struct sbh_daemon *d, struct evhttp_request *req)
-{
-    sbh_respond_json(req, "/v1/providers", 200,
-                     json_pack("{s:o}", "providers", sbh_registry_providers(d->reg)));
-}
-
 struct route {
     const char *path;
     void (*serve)(struct sbh_daemon *, struct evhttp_request *);
@@ -76,7 +77,6 @@ static const struct route routes[] = {
     {"/healthz", serve_healthz},
     {"/readyz", serve_readyz},
     {"/metrics", serve_metrics},
-    {"/v1/providers", serve_providers},
 };
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -98,7 +98,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         routes[i].serve(d, req);
         return;
     }
-    if (sbh_registry_webhook(d->reg, req, path))
+    if (sbh_registry_webhook(d->reg, req, path) || sbh_api_dispatch(d, req, path))
         return;
     sbh_respond_error(req, "other", 404, "not_found", "no such resource",
                       json_pack("{s:s}", "path", path));

@@ -22,12 +22,18 @@ extern char **environ;
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: switchboardd [options]\n"
+            "usage: switchboardd [options] [command]\n"
+            "commands:\n"
+            "  (none)                run the daemon\n"
+            "  migrate [--status]    apply pending database migrations (or list them) and exit\n"
+            "  rotate-key            re-seal every stored secret under a new master key\n"
+            "options:\n"
             "  -c, --config FILE     main config (default %s/switchboard/switchboard.json);\n"
             "                        FILE's directory's conf.d/*.json is merged over it\n"
             "  -p, --port N          listen port (wins over file and MULTI_PROVIDER_PORT)\n"
             "      --plugin-dir DIR  where plugin .so files are\n"
             "      --state-dir DIR   where the daemon keeps its state\n"
+            "      --migrations-dir DIR  where the schema migrations are\n"
             "      --check-config    validate the config and exit\n"
             "  -V, --version         print the version and exit\n"
             "  -h, --help            this text\n",
@@ -50,22 +56,38 @@ static int check_config(const char *path, const struct sbh_config_overrides *ov)
     return 0;
 }
 
+static int run_command(const char *command, const char *path,
+                       const struct sbh_config_overrides *ov, int status)
+{
+    struct sbh_config_error err;
+    struct sbh_config *cfg = sbh_config_load(path, ov, environ, &err);
+    if (!cfg) {
+        sbh_config_log_error(&err);
+        return 1;
+    }
+    int rc = !strcmp(command, "migrate") ? sbh_cmd_migrate(cfg, status) : sbh_cmd_rotate_key(cfg);
+    sbh_config_free(cfg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    enum { OPT_PLUGIN_DIR = 256, OPT_STATE_DIR, OPT_CHECK };
+    enum { OPT_PLUGIN_DIR = 256, OPT_STATE_DIR, OPT_MIGRATIONS_DIR, OPT_CHECK, OPT_STATUS };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"port", required_argument, NULL, 'p'},
         {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
         {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+        {"migrations-dir", required_argument, NULL, OPT_MIGRATIONS_DIR},
         {"check-config", no_argument, NULL, OPT_CHECK},
+        {"status", no_argument, NULL, OPT_STATUS},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config = SBH_SYSCONFDIR "/switchboard/switchboard.json";
     struct sbh_config_overrides ov = {0};
-    int check = 0, c;
+    int check = 0, status = 0, c;
     char *end;
 
     while ((c = getopt_long(argc, argv, "c:p:Vh", opts, NULL)) != -1) {
@@ -86,8 +108,14 @@ int main(int argc, char **argv)
         case OPT_STATE_DIR:
             ov.state_dir = optarg;
             break;
+        case OPT_MIGRATIONS_DIR:
+            ov.migrations_dir = optarg;
+            break;
         case OPT_CHECK:
             check = 1;
+            break;
+        case OPT_STATUS:
+            status = 1;
             break;
         case 'V':
             printf("switchboardd %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, SB_ABI_MAJOR,
@@ -101,12 +129,16 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
+    const char *command = optind < argc ? argv[optind++] : NULL;
+    if (optind < argc || (command && strcmp(command, "migrate") && strcmp(command, "rotate-key")) ||
+        (status && (!command || strcmp(command, "migrate")))) {
         usage(stderr);
         return 2;
     }
     if (check)
         return check_config(config, &ov);
+    if (command)
+        return run_command(command, config, &ov, status);
 
     struct sbh_daemon d;
     int rc = 1;

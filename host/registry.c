@@ -32,7 +32,8 @@ struct sbh_registry *sbh_registry_new(struct event_base *base, const char *copy_
     reg->swap_timeout_ms = 5000;
     TAILQ_INIT(&reg->slots);
     reg->check_ev = event_new(base, -1, 0, check_swaps, reg);
-    if (!reg->copy_dir || !reg->check_ev) {
+    reg->dynamic = json_object();
+    if (!reg->copy_dir || !reg->check_ev || !reg->dynamic) {
         sbh_registry_free(reg);
         return NULL;
     }
@@ -43,6 +44,11 @@ void sbh_registry_set_event_sink(struct sbh_registry *reg, sbh_event_sink_fn fn,
 {
     reg->sink = fn;
     reg->sink_arg = arg;
+}
+
+void sbh_registry_set_kv(struct sbh_registry *reg, struct sbh_kv *kv)
+{
+    reg->kv = kv;
 }
 
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms)
@@ -123,14 +129,17 @@ static void instance_stop(struct sb_instance *inst)
     sbh_log(SB_LOG_INFO, "instance", inst->slot->name, inst->id, "instance stopped");
 }
 
-static struct sb_instance *instance_new(struct sbh_slot *slot, const struct sbh_instance_conf *ic)
+static struct sb_instance *instance_new(struct sbh_slot *slot, const char *id,
+                                        const json_t *settings, int dynamic, int enabled)
 {
     struct sb_instance *inst = calloc(1, sizeof(*inst));
     if (!inst)
         return NULL;
     inst->slot = slot;
-    inst->id = strdup(ic->id);
-    inst->settings = json_deep_copy(ic->settings);
+    inst->id = strdup(id);
+    inst->settings = json_deep_copy(settings);
+    inst->dynamic = dynamic;
+    inst->enabled = enabled;
     LIST_INIT(&inst->timers);
     TAILQ_INIT(&inst->pending);
     if (!inst->id || !inst->settings) {
@@ -166,7 +175,7 @@ static void start_all(struct sbh_slot *slot)
 {
     struct sb_instance *inst;
     TAILQ_FOREACH(inst, &slot->instances, link)
-    if (!inst->gen)
+    if (!inst->gen && inst->enabled)
         instance_start(inst, slot->cur);
 }
 
@@ -454,27 +463,58 @@ static void unprepare(struct prepared *prep, size_t n)
     }
 }
 
+/* Make inst run settings; restarts it only when they differ. */
+static void instance_set(struct sb_instance *inst, const json_t *settings, int enabled)
+{
+    if (!json_equal(inst->settings, settings)) {
+        instance_stop(inst);
+        json_decref(inst->settings);
+        inst->settings = json_deep_copy(settings);
+    }
+    if (!enabled)
+        instance_stop(inst);
+    inst->enabled = enabled;
+}
+
+/* Place the API-managed instances of slot's provider. */
+static void place_dynamic(struct sbh_slot *slot)
+{
+    const char *id;
+    json_t *spec;
+    json_object_foreach(slot->reg->dynamic, id, spec)
+    {
+        if (strcmp(json_string_value(json_object_get(spec, "provider")), slot->name) != 0)
+            continue;
+        json_t *settings = json_object_get(spec, "settings");
+        int enabled = json_is_true(json_object_get(spec, "enabled"));
+        struct sb_instance *inst = instance_find(slot, id);
+        if (inst)
+            instance_set(inst, settings, enabled);
+        else
+            instance_new(slot, id, settings, 1, enabled);
+    }
+}
+
 static void sync_instances(struct sbh_slot *slot, const struct sbh_config *cfg)
 {
     struct sb_instance *inst, *tmp;
     TAILQ_FOREACH_SAFE(inst, &slot->instances, link, tmp)
     {
+        if (inst->dynamic)
+            continue;
         const struct sbh_instance_conf *ic = sbh_config_instance(cfg, inst->id);
         if (!ic || !ic->enabled || strcmp(ic->provider, slot->name) != 0) {
             instance_free(inst);
             continue;
         }
-        if (json_equal(inst->settings, ic->settings))
-            continue;
-        instance_stop(inst);
-        json_decref(inst->settings);
-        inst->settings = json_deep_copy(ic->settings);
+        instance_set(inst, ic->settings, inst->enabled);
     }
     for (size_t i = 0; i < cfg->n_instances; i++) {
         const struct sbh_instance_conf *ic = &cfg->instances[i];
         if (ic->enabled && !strcmp(ic->provider, slot->name) && !instance_find(slot, ic->id))
-            instance_new(slot, ic);
+            instance_new(slot, ic->id, ic->settings, 0, 1);
     }
+    place_dynamic(slot);
     if (slot->state == SBH_SLOT_RUNNING)
         start_all(slot);
 }
@@ -678,6 +718,106 @@ void sbh_registry_free(struct sbh_registry *reg)
     }
     if (reg->check_ev)
         event_free(reg->check_ev);
+    json_decref(reg->dynamic);
     free(reg->copy_dir);
     free(reg);
+}
+
+/* ---- API-managed instances ---- */
+
+static struct sb_instance *instance_lookup(const struct sbh_registry *reg, const char *id)
+{
+    struct sbh_slot *slot;
+    TAILQ_FOREACH(slot, &reg->slots, link)
+    {
+        struct sb_instance *inst = instance_find(slot, id);
+        if (inst)
+            return inst;
+    }
+    return NULL;
+}
+
+int sbh_registry_instance_put(struct sbh_registry *reg, const char *id, const char *provider,
+                              json_t *settings, int enabled)
+{
+    json_t *spec = json_pack("{s:s, s:o, s:b}", "provider", provider, "settings", settings,
+                             "enabled", enabled);
+    if (!spec)
+        return -1;
+    struct sb_instance *inst = instance_lookup(reg, id);
+    if (inst && (!inst->dynamic || strcmp(inst->slot->name, provider) != 0)) {
+        if (!inst->dynamic) {
+            json_decref(spec);
+            return -1; /* a config instance owns this id */
+        }
+        instance_free(inst);
+    }
+    json_object_set_new(reg->dynamic, id, spec);
+    struct sbh_slot *slot = slot_find(reg, provider);
+    if (!slot)
+        return 0; /* placed when the plugin is loaded */
+    inst = instance_find(slot, id);
+    if (inst)
+        instance_set(inst, settings, enabled);
+    else
+        inst = instance_new(slot, id, settings, 1, enabled);
+    if (inst && slot->state == SBH_SLOT_RUNNING && enabled && !inst->gen)
+        instance_start(inst, slot->cur);
+    return 0;
+}
+
+void sbh_registry_instance_remove(struct sbh_registry *reg, const char *id)
+{
+    struct sb_instance *inst = instance_lookup(reg, id);
+    if (inst && inst->dynamic)
+        instance_free(inst);
+    json_object_del(reg->dynamic, id);
+}
+
+int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int start, int stop)
+{
+    struct sb_instance *inst = instance_lookup(reg, id);
+    if (!inst)
+        return -1;
+    if (stop)
+        instance_stop(inst);
+    inst->enabled = start || !stop;
+    json_t *spec = json_object_get(reg->dynamic, id);
+    if (spec)
+        json_object_set_new(spec, "enabled", json_boolean(inst->enabled));
+    if (start && !inst->gen && inst->slot->state == SBH_SLOT_RUNNING)
+        instance_start(inst, inst->slot->cur);
+    return 0;
+}
+
+static const char *const conn_state_names[] = {"stopped",      "connecting", "qr", "connected",
+                                               "disconnected", "error"};
+
+json_t *sbh_registry_instance_status(const struct sbh_registry *reg, const char *id)
+{
+    const struct sb_instance *inst = instance_lookup(reg, id);
+    if (!inst)
+        return NULL;
+    json_t *st = json_pack("{s:s, s:b, s:s, s:b, s:i}", "provider", inst->slot->name, "running",
+                           inst->gen != NULL, "state", conn_state_names[inst->conn_state],
+                           "config_managed", !inst->dynamic, "pending_webhooks",
+                           (int)inst->n_pending);
+    if (inst->detail)
+        json_object_set_new(st, "detail", json_string(inst->detail));
+    if (inst->gen) {
+        json_object_set_new(st, "plugin_version", json_string(inst->gen->desc->version));
+        json_object_set_new(st, "generation", json_integer(inst->gen->generation));
+        json_t *extra = inst->gen->desc->status ? inst->gen->desc->status((sb_instance *)inst,
+                                                                          inst->state)
+                                                : NULL;
+        if (extra)
+            json_object_set_new(st, "provider_status", extra);
+    }
+    return st;
+}
+
+const sb_plugin_desc *sbh_registry_provider(const struct sbh_registry *reg, const char *name)
+{
+    const struct sbh_slot *slot = slot_find((struct sbh_registry *)reg, name);
+    return slot && slot->cur ? slot->cur->desc : NULL;
 }

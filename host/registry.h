@@ -31,6 +31,10 @@ void sbh_registry_free(struct sbh_registry *reg);
 
 void sbh_registry_set_event_sink(struct sbh_registry *reg, sbh_event_sink_fn fn, void *arg);
 
+/* The store behind the kv services (borrowed; NULL: not offered). */
+struct sbh_kv;
+void sbh_registry_set_kv(struct sbh_registry *reg, struct sbh_kv *kv);
+
 /* Bound on how long an old generation may drain during a swap. */
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms);
 
@@ -67,5 +71,23 @@ json_t *sbh_registry_providers(const struct sbh_registry *reg);
 /* 1 when every configured enabled plugin is initialised and serving. */
 int sbh_registry_ready(const struct sbh_registry *reg, json_t **plugins);
 size_t sbh_registry_loaded(const struct sbh_registry *reg);
+
+/*
+ * API-managed instances. put creates or updates one (settings stolen, with
+ * secrets already opened), restarting it when its settings change; it waits,
+ * kept, while its plugin is not loaded. Returns -1 when a config instance
+ * owns the id. remove stops and forgets it.
+ */
+int sbh_registry_instance_put(struct sbh_registry *reg, const char *id, const char *provider,
+                              json_t *settings, int enabled);
+void sbh_registry_instance_remove(struct sbh_registry *reg, const char *id);
+/* start: mark enabled and start; stop: stop and mark disabled; both: restart.
+ * Works on config instances too (not persisted). -1 when unknown. */
+int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int start, int stop);
+/* Runtime view of an instance (new reference), NULL when unknown. */
+json_t *sbh_registry_instance_status(const struct sbh_registry *reg, const char *id);
+/* Descriptor of a loaded provider (borrowed until the next reload), or NULL. */
+#include <switchboard/plugin.h>
+const sb_plugin_desc *sbh_registry_provider(const struct sbh_registry *reg, const char *name);
 
 #endif

@@ -92,6 +92,8 @@ struct sb_instance {
     struct sbh_timer_list timers;
     struct sbh_reply_list pending;
     unsigned n_pending;
+    int dynamic; /* managed through the API (database), not the config */
+    int enabled; /* 0: kept but not started (stopped through the API) */
 };
 TAILQ_HEAD(sbh_instance_list, sb_instance);
 
@@ -129,6 +131,10 @@ struct sbh_registry {
     void *sink_arg;
     void (*swap_done)(void *);
     void *swap_done_arg;
+    /* API-managed instances by id: {"provider", "settings", "enabled"}. They
+     * outlive their plugin's slot and are placed again when it returns. */
+    json_t *dynamic;
+    struct sbh_kv *kv; /* backs the kv_get/kv_set services; NULL: not offered */
 };
 
 /* services.c */

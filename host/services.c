@@ -5,6 +5,7 @@
  */
 #include "runtime.h"
 
+#include "kv.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -173,12 +174,18 @@ static void svc_ws_close(sb_ws *ws, int code, const char *reason)
 
 static int svc_kv_get(sb_instance *inst, const char *key, char **value)
 {
-    return SB_ENOTAVAIL;
+    if (!inst || !key || !value)
+        return SB_EINVAL;
+    struct sbh_kv *kv = inst->slot->reg->kv;
+    return kv ? sbh_kv_get(kv, inst->id, key, value) : SB_ENOTAVAIL;
 }
 
 static int svc_kv_set(sb_instance *inst, const char *key, const char *value)
 {
-    return SB_ENOTAVAIL;
+    if (!inst)
+        return SB_EINVAL;
+    struct sbh_kv *kv = inst->slot->reg->kv;
+    return kv ? sbh_kv_set(kv, inst->id, key, value) : SB_ENOTAVAIL;
 }
 
 static int valid_metric_name(const char *s)

@@ -37,7 +37,8 @@ static int relevant(const struct inotify_event *ev)
     if (!strcmp(ev->name, "conf.d"))
         return 1;
     return (n > 5 && !strcmp(ev->name + n - 5, ".json")) ||
-           (n > 3 && !strcmp(ev->name + n - 3, ".so"));
+           (n > 3 && !strcmp(ev->name + n - 3, ".so")) ||
+           (n > 4 && !strcmp(ev->name + n - 4, ".key"));
 }
 
 static void on_debounce(evutil_socket_t fd, short what, void *arg)

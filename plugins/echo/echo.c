@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <switchboard/switchboard.h>
 
@@ -22,8 +23,10 @@
 /* Upper bound of a webhook's delay_ms: long enough for drain/swap tests. */
 #define ECHO_MAX_DELAY_MS 60000
 
+/* token is a secret (writeOnly): when set, webhooks must carry it in X-Echo-Token. */
 #define ECHO_SCHEMA                                                                                \
-    "{\"type\":\"object\",\"properties\":{\"prefix\":{\"type\":\"string\"}},"                      \
+    "{\"type\":\"object\",\"properties\":{\"prefix\":{\"type\":\"string\"},"                       \
+    "\"token\":{\"type\":\"string\",\"minLength\":8,\"writeOnly\":true}},"                         \
     "\"additionalProperties\":false}"
 
 struct echo_instance;
@@ -41,6 +44,7 @@ struct echo_pending {
 struct echo_instance {
     sb_instance *inst;
     char *prefix;                 /* prepended to every echoed text */
+    char *token;                  /* required X-Echo-Token value, or NULL */
     unsigned long sent;           /* sends completed, for provider_msg_id */
     struct echo_pending *pending; /* delayed webhook replies not yet answered */
 };
@@ -289,6 +293,24 @@ static void accept_webhook(struct echo_instance *ei, json_t *body, sb_reply *rep
     free(text);
 }
 
+/* Constant-time: the token is a secret, its comparison must not leak it. */
+static int token_ok(const struct echo_instance *ei, const sb_http_request *req)
+{
+    if (!ei->token)
+        return 1;
+    for (size_t i = 0; i < req->n_headers; i++) {
+        if (strcasecmp(req->headers[i].name, "X-Echo-Token") != 0)
+            continue;
+        const char *got = req->headers[i].value;
+        size_t n = strlen(ei->token), m = strlen(got);
+        unsigned char diff = n != m;
+        for (size_t k = 0; k < n; k++)
+            diff |= (unsigned char)(ei->token[k] ^ (k < m ? got[k] : 0));
+        return diff == 0;
+    }
+    return 0;
+}
+
 static void echo_webhook(sb_instance *inst, void *state, const sb_http_request *req,
                          sb_reply *reply)
 {
@@ -297,6 +319,10 @@ static void echo_webhook(sb_instance *inst, void *state, const sb_http_request *
 
     if (!req->method || strcmp(req->method, "POST") != 0) {
         reply_error(reply, 405, "method_not_allowed", "only POST is accepted", NULL);
+        return;
+    }
+    if (!token_ok(state, req)) {
+        reply_error(reply, 401, "bad_token", "X-Echo-Token is missing or wrong", NULL);
         return;
     }
     body = parse_body(req, reply);
@@ -345,6 +371,7 @@ static int echo_send(sb_instance *inst, void *state, const json_t *message, sb_s
 static int echo_instance_start(sb_instance *inst, const json_t *settings, void **state)
 {
     json_t *prefix = json_object_get(settings, "prefix");
+    json_t *token = json_object_get(settings, "token");
     struct echo_instance *ei;
 
     /* The host validates against the schema; this guards against a host that did not. */
@@ -356,7 +383,13 @@ static int echo_instance_start(sb_instance *inst, const json_t *settings, void *
     /* Copy the prefix: settings are only borrowed (and strdup is not C11). */
     if (ei)
         ei->prefix = concat("", prefix ? json_string_value(prefix) : "");
-    if (!ei || !ei->prefix) {
+    if (ei && json_is_string(token))
+        ei->token = concat("", json_string_value(token));
+    if (!ei || !ei->prefix || (json_is_string(token) && !ei->token)) {
+        if (ei) {
+            free(ei->prefix);
+            free(ei->token);
+        }
         free(ei);
         host->set_state(inst, SB_STATE_ERROR, "out of memory");
         return -1;
@@ -387,6 +420,7 @@ static void echo_instance_stop(sb_instance *inst, void *state)
         pending_free(p);
     }
     free(ei->prefix);
+    free(ei->token);
     free(ei);
 }
 

@@ -320,7 +320,7 @@ static void test_cli_beats_env_and_file(void)
 {
     struct sbh_config_error err;
     char *env[] = {"MULTI_PROVIDER_PORT=4000", NULL};
-    struct sbh_config_overrides ov = {"/cli/plugins", "/cli/state", 5000};
+    struct sbh_config_overrides ov = {.plugin_dir = "/cli/plugins", .state_dir = "/cli/state", .port = 5000};
     struct sbh_config *cfg = load_text(PORT_FILE, env, &ov, &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
     CU_ASSERT_EQUAL(cfg->port, 5000);
@@ -329,7 +329,7 @@ static void test_cli_beats_env_and_file(void)
     sbh_config_free(cfg);
 
     /* Unset overrides leave file values alone. */
-    struct sbh_config_overrides none = {NULL, NULL, 0};
+    struct sbh_config_overrides none = {0};
     cfg = load_text(PORT_FILE, NULL, &none, &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
     CU_ASSERT_EQUAL(cfg->port, 3001);
@@ -341,7 +341,7 @@ static void test_cli_beats_env_and_file(void)
 static void test_cli_plugin_dir_used_for_files(void)
 {
     struct sbh_config_error err;
-    struct sbh_config_overrides ov = {g_plugins, NULL, 0};
+    struct sbh_config_overrides ov = {.plugin_dir = g_plugins};
     struct sbh_config *cfg = load_text(
         "{\"plugin_dir\": \"/no/such/dir\", \"plugins\": {\"echo\": {}}}", NULL, &ov, &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);

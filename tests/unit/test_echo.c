@@ -336,6 +336,22 @@ static struct sb_reply *webhook(const char *method, const char *body)
     return reply;
 }
 
+/* A webhook with one extra header, on an instance started with a token. */
+static struct sb_reply *webhook_with_header(void *state, const char *name, const char *value)
+{
+    struct sb_reply *reply = &reply_pool[n_reply_pool++];
+    const sb_header headers[] = {{name, value}};
+    static const char body[] = "{\"text\":\"hi\"}";
+    sb_http_request req = {.method = "POST",
+                           .url = "",
+                           .headers = headers,
+                           .n_headers = name ? 1 : 0,
+                           .body = (const unsigned char *)body,
+                           .body_len = sizeof(body) - 1};
+    desc->webhook(&instance, state, &req, reply);
+    return reply;
+}
+
 static const char *str_at(const json_t *root, const char *path_a, const char *path_b)
 {
     const json_t *v = json_object_get(root, path_a);
@@ -429,7 +445,8 @@ static void test_descriptor(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(desc->settings_schema);
     schema = json_loads(desc->settings_schema, 0, NULL);
-    want = json_loads("{\"type\":\"object\",\"properties\":{\"prefix\":{\"type\":\"string\"}},"
+    want = json_loads("{\"type\":\"object\",\"properties\":{\"prefix\":{\"type\":\"string\"},"
+                      "\"token\":{\"type\":\"string\",\"minLength\":8,\"writeOnly\":true}},"
                       "\"additionalProperties\":false}",
                       0, NULL);
     CU_ASSERT_PTR_NOT_NULL(schema);
@@ -629,6 +646,28 @@ static void test_webhook_without_from(void)
     CU_ASSERT_EQUAL(rec.misuse, 0);
 }
 
+/* With a token set, only webhooks carrying it in X-Echo-Token are accepted. */
+static void test_webhook_token(void)
+{
+    void *state = NULL;
+    json_t *settings = json_pack("{s:s, s:s}", "prefix", "", "token", "s3cret-token");
+    CU_ASSERT_EQUAL_FATAL(desc->instance_start(&instance, settings, &state), 0);
+    json_decref(settings);
+    rec_reset();
+    expect_error(webhook_with_header(state, NULL, NULL), 401, "bad_token");
+    rec_reset();
+    expect_error(webhook_with_header(state, "X-Echo-Token", "s3cret-tokeX"), 401, "bad_token");
+    rec_reset();
+    expect_error(webhook_with_header(state, "X-Echo-Token", "s3cret-token-longer"), 401,
+                 "bad_token");
+    rec_reset();
+    struct sb_reply *ok = webhook_with_header(state, "x-echo-token", "s3cret-token");
+    CU_ASSERT_EQUAL_FATAL(rec.n_replies, 1);
+    CU_ASSERT_PTR_EQUAL(rec.replies[0].reply, ok);
+    CU_ASSERT_EQUAL(rec.replies[0].status, 200);
+    desc->instance_stop(&instance, state);
+}
+
 static const struct {
     const char *name;
     CU_TestFunc fn;
@@ -645,6 +684,7 @@ static const struct {
     {"send echoes back", test_send_echoes},
     {"send without text fails permanently", test_send_without_text},
     {"webhook without from", test_webhook_without_from},
+    {"webhook token checked when set", test_webhook_token},
 };
 
 int main(void)
