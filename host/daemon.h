@@ -16,6 +16,7 @@
 #include "registry.h"
 
 struct sbh_auth;
+struct sbh_db_restart;
 struct sbh_keyring;
 
 struct sbh_watch;
@@ -37,6 +38,11 @@ struct sbh_daemon {
     struct sbh_db *db;
     struct sbh_db_params db_params;
     struct sbh_mariadb mariadb; /* the embedded server, when pid != 0 */
+    int db_embedded;            /* we run the server: restart it when it dies */
+    struct event *db_watch;
+    struct sbh_db_restart *db_restart; /* a restart in progress */
+    time_t db_next_try;
+    int db_backoff_s;
     struct sbh_auth *auth;
     struct sbh_keyring *ring;
     struct sbh_kv *kv;

@@ -13,6 +13,9 @@
 #include "secrets.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +92,86 @@ static void on_key_refresh(evutil_socket_t fd, short what, void *arg)
     sbh_api_refresh_keys(arg);
 }
 
+/* ---- the embedded server's supervisor ---- */
+
+/* Restarting waits on the server; that happens on a thread, not the loop. */
+struct sbh_db_restart {
+    pthread_t thread;
+    char *state_dir;
+    struct sbh_mariadb m;
+    struct sbh_db_params params;
+    int rc;
+    char why[512];
+    atomic_int done;
+};
+
+static void *restart_thread(void *arg)
+{
+    struct sbh_db_restart *r = arg;
+    r->rc = sbh_mariadb_start(&r->m, r->state_dir, &r->params, r->why, sizeof(r->why));
+    atomic_store(&r->done, 1);
+    return NULL;
+}
+
+static void restart_begin(struct sbh_daemon *d)
+{
+    struct sbh_db_restart *r = calloc(1, sizeof(*r));
+    if (!r || !(r->state_dir = strdup(d->cfg->state_dir)) ||
+        pthread_create(&r->thread, NULL, restart_thread, r) != 0) {
+        if (r)
+            free(r->state_dir);
+        free(r);
+        return;
+    }
+    d->db_restart = r;
+}
+
+static void restart_collect(struct sbh_daemon *d)
+{
+    struct sbh_db_restart *r = d->db_restart;
+    pthread_join(r->thread, NULL);
+    if (r->rc == 0) {
+        d->mariadb = r->m;
+        d->db_backoff_s = 1;
+        sbh_info("storage", "embedded MariaDB is back");
+    } else {
+        sbh_log_fields(SB_LOG_ERROR, "storage", NULL, NULL, json_pack("{s:s}", "reason", r->why),
+                       "embedded MariaDB did not restart");
+        d->db_next_try = time(NULL) + d->db_backoff_s;
+        d->db_backoff_s = d->db_backoff_s < 60 ? d->db_backoff_s * 2 : 60;
+    }
+    sbh_db_params_clear(&r->params);
+    free(r->state_dir);
+    free(r);
+    d->db_restart = NULL;
+}
+
+/* Once a second: reap the server if it exited and start it again (backoff). */
+static void on_db_watch(evutil_socket_t fd, short what, void *arg)
+{
+    struct sbh_daemon *d = arg;
+    int status;
+    if (d->db_restart) {
+        if (atomic_load(&d->db_restart->done))
+            restart_collect(d);
+        return;
+    }
+    if (d->mariadb.pid && waitpid(d->mariadb.pid, &status, WNOHANG) == d->mariadb.pid) {
+        sbh_log_fields(SB_LOG_ERROR, "storage", NULL, NULL,
+                       json_pack("{s:i, s:i}", "exit_status",
+                                 WIFEXITED(status) ? WEXITSTATUS(status) : -1, "signal",
+                                 WIFSIGNALED(status) ? WTERMSIG(status) : 0),
+                       "embedded MariaDB exited; restarting it");
+        free(d->mariadb.datadir);
+        free(d->mariadb.socket);
+        free(d->mariadb.log_path);
+        memset(&d->mariadb, 0, sizeof(d->mariadb));
+        d->db_next_try = 0;
+    }
+    if (!d->mariadb.pid && d->db_embedded && time(NULL) >= d->db_next_try)
+        restart_begin(d);
+}
+
 int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
 {
     MYSQL *conn = NULL;
@@ -98,6 +181,8 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
         goto out;
     if (locate_db(d->cfg, &d->mariadb, &d->db_params, why, why_len) < 0)
         goto out;
+    d->db_embedded = d->mariadb.pid != 0;
+    d->db_backoff_s = 1;
     conn = connect_retrying(&d->db_params, why, why_len);
     if (!conn)
         goto out;
@@ -127,6 +212,12 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
     struct timeval tv = {KEY_REFRESH_S, 0};
     if (d->key_refresh)
         event_add(d->key_refresh, &tv);
+    if (d->db_embedded) {
+        struct timeval second = {1, 0};
+        d->db_watch = event_new(d->base, -1, EV_PERSIST, on_db_watch, d);
+        if (d->db_watch)
+            event_add(d->db_watch, &second);
+    }
     rc = 0;
 out:
     if (conn)
@@ -139,6 +230,18 @@ void sbh_storage_close(struct sbh_daemon *d)
     if (d->key_refresh)
         event_free(d->key_refresh);
     d->key_refresh = NULL;
+    if (d->db_watch)
+        event_free(d->db_watch);
+    d->db_watch = NULL;
+    if (d->db_restart) {
+        pthread_join(d->db_restart->thread, NULL);
+        if (d->db_restart->rc == 0)
+            d->mariadb = d->db_restart->m;
+        sbh_db_params_clear(&d->db_restart->params);
+        free(d->db_restart->state_dir);
+        free(d->db_restart);
+        d->db_restart = NULL;
+    }
     if (d->reg)
         sbh_registry_set_kv(d->reg, NULL);
     sbh_db_free(d->db);
