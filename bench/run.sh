@@ -122,7 +122,7 @@ curl -fsS -o /dev/null "$base/webhook/echo/bench" -H 'Content-Type: application/
 # Idle RSS: let start-up settle, then read VmRSS before any load.
 sleep 1
 rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$daemon_pid/status")
-loaded=$(curl -fsS "$base/metrics" | awk '/^switchboard_plugins_loaded/ {print $2}')
+loaded=$(curl -fsS "$base/metrics" | awk '/^switchboard_plugins_loaded/ {print $2 + 0}')
 
 echo "bench: daemon pid $daemon_pid port $port, plugins: ${plugin_names[*]} (loaded: ${loaded:-?})" >&2
 echo "bench: wrk -t$THREADS -c$CONNS -d${DURATION}s" >&2
@@ -184,13 +184,15 @@ swap_version=$(curl -fsS "$base/v1/providers" |
     python3 -c 'import json,sys; print([p["version"] for p in json.load(sys.stdin)["providers"] if p["name"]=="echo"][0])')
 
 # ---------------------------------------------------------------- stop daemon
+t0=$(date +%s.%N)
 kill -TERM "$daemon_pid"
-t0=$SECONDS
 wait "$daemon_pid" && rc=0 || rc=$?
+t1=$(date +%s.%N)
 daemon_pid=
 
 # ---------------------------------------------------------------- table
 num() { [ -n "$1" ] && echo "$1" || echo "n/a"; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB (%d kB)", k / 1024, k}'; }
 echo
 echo "switchboard bench: wrk -t$THREADS -c$CONNS -d${DURATION}s on 127.0.0.1 ($(nproc) CPUs)"
 printf '%-38s %14s %12s %10s\n' "target" "requests/s" "p99" "errors"
@@ -208,11 +210,11 @@ printf '%-38s %14s %12s %10s\n' "switchboardd POST echo webhook" "$(num "$(wrk_r
     "$(num "$(wrk_p99 "$tmp/echo.wrk")")" \
     "$(($(wrk_non2xx "$tmp/echo.wrk") + $(wrk_sockerr "$tmp/echo.wrk")))"
 echo
-printf '%-38s %s\n' "idle RSS (${#plugin_names[@]} plugin(s) loaded)" "$((rss_kb / 1024)) MiB ($rss_kb kB)"
-printf '%-38s %s\n' "RSS after load" "$((rss_after_kb / 1024)) MiB ($rss_after_kb kB)"
+printf '%-38s %s\n' "idle RSS (${loaded:-?} plugin(s) loaded)" "$(mib "$rss_kb")"
+printf '%-38s %s\n' "RSS after load" "$(mib "$rss_after_kb")"
 printf '%-38s %s\n' "swap under load: requests" "$(num "$(wrk_total "$tmp/swap.wrk")") in ${SWAP_DURATION}s"
 printf '%-38s %s\n' "swap under load: failed" \
     "$(($(wrk_non2xx "$tmp/swap.wrk") + $(wrk_sockerr "$tmp/swap.wrk"))) (non-2xx $(wrk_non2xx "$tmp/swap.wrk"), socket errors $(wrk_sockerr "$tmp/swap.wrk"))"
 printf '%-38s %s\n' "swap under load: p99" "$(num "$(wrk_p99 "$tmp/swap.wrk")")"
 printf '%-38s %s\n' "swap: visible in /v1/providers after" "$swap_ms ms (now $swap_version)"
-printf '%-38s %s\n' "SIGTERM -> exit" "code $rc after $((SECONDS - t0)) s"
+printf '%-38s %s\n' "SIGTERM -> exit" "code $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", (b - a) * 1000}') ms"

@@ -228,6 +228,19 @@ static void on_event(void *arg, const char *provider, const char *instance, cons
     json_decref(payload);
 }
 
+/* Counters present from the first scrape, so rate() and alerts work at once. */
+static void declare_counters(void)
+{
+    static const char *const results[][2] = {{"switchboard_reloads_total", "ok"},
+                                             {"switchboard_reloads_total", "failed"},
+                                             {"switchboard_plugin_swaps_total", "ok"},
+                                             {"switchboard_plugin_swaps_total", "refused"}};
+    for (size_t i = 0; i < sizeof(results) / sizeof(results[0]); i++)
+        sbh_metrics_add(results[i][0],
+                        i < 2 ? "Config reloads by result" : "Plugin generations swapped in place",
+                        0, "result", results[i][1], NULL);
+}
+
 int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_config_overrides *ov,
                     char *const *env)
 {
@@ -235,6 +248,7 @@ int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_con
     char copy_dir[PATH_MAX];
     memset(d, 0, sizeof(*d));
     clock_gettime(CLOCK_MONOTONIC, &d->started);
+    declare_counters();
     d->config_path = path;
     d->ov = *ov;
     d->env = env;

@@ -56,11 +56,6 @@ static void serve_metrics(struct sbh_daemon *d, struct evhttp_request *req)
                       d->db && sbh_db_available(d->db) ? 1 : 0);
     sbh_metrics_gauge(out, "switchboard_api_requests_in_flight", "API requests awaiting the database",
                       (double)d->api_inflight);
-    /* Both results always present so rate() works from the first scrape. */
-    sbh_metrics_add("switchboard_reloads_total", "Config reloads by result", 0, "result", "ok",
-                    NULL);
-    sbh_metrics_add("switchboard_reloads_total", "Config reloads by result", 0, "result",
-                    "failed", NULL);
     sbh_metrics_render(out);
     size_t len = evbuffer_get_length(out);
     sbh_respond(req, "/metrics", 200, "text/plain; version=0.0.4; charset=utf-8",

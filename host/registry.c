@@ -92,8 +92,10 @@ static struct sb_plugin *gen_load(struct sbh_registry *reg, struct sbh_slot *slo
         return NULL;
     }
     gen->initialised = 1;
-    sbh_log(SB_LOG_INFO, "plugins", slot->name, NULL, "plugin loaded: version %s, generation %u",
-            gen->desc->version, gen->generation);
+    sbh_log_fields(SB_LOG_INFO, "plugins", slot->name, NULL,
+                   json_pack("{s:s, s:i}", "version", gen->desc->version, "generation",
+                             (int)gen->generation),
+                   "plugin loaded");
     return gen;
 }
 
@@ -257,9 +259,11 @@ static void finish_swap(struct sbh_slot *slot)
     struct sb_plugin *old = slot->cur;
     const char *old_version = old->desc->version;
     stop_all(slot);
-    sbh_log(SB_LOG_INFO, "plugins", slot->name, NULL,
-            "plugin swapped: version %s (generation %u) replaces %s (generation %u)",
-            slot->next->desc->version, slot->next->generation, old_version, old->generation);
+    sbh_log_fields(SB_LOG_INFO, "plugins", slot->name, NULL,
+                   json_pack("{s:s, s:i, s:s, s:i}", "version", slot->next->desc->version,
+                             "generation", (int)slot->next->generation, "old_version",
+                             old_version, "old_generation", (int)old->generation),
+                   "plugin swapped");
     gen_unload(old);
     slot->cur = slot->next;
     slot->next = NULL;
@@ -299,8 +303,8 @@ static void swap_timeout(evutil_socket_t fd, short what, void *arg)
     TAILQ_FOREACH(inst, &slot->instances, link)
     {
         struct sb_reply *r;
-        while ((r = TAILQ_FIRST(&inst->pending)) != NULL)
-            sbh_reply_error(r, 503, "swap_timeout", "the provider was being replaced");
+        TAILQ_FOREACH(r, &inst->pending, link)
+        sbh_reply_abandon(r, "swap_timeout", "the provider was being replaced");
     }
     event_active(slot->reg->check_ev, EV_TIMEOUT, 0);
 }
@@ -630,8 +634,8 @@ void sbh_registry_abort_pending(struct sbh_registry *reg)
             sbh_reply_error(r, 503, "shutting_down", "the daemon is shutting down");
         }
         TAILQ_FOREACH(inst, &slot->instances, link)
-        while ((r = TAILQ_FIRST(&inst->pending)) != NULL)
-            sbh_reply_error(r, 503, "shutting_down", "the daemon is shutting down");
+        TAILQ_FOREACH(r, &inst->pending, link)
+        sbh_reply_abandon(r, "shutting_down", "the daemon is shutting down");
     }
 }
 

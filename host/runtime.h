@@ -55,6 +55,7 @@ struct sb_reply {
     struct sbh_registry *reg;
     struct evhttp_request *req; /* NULL once the client went away */
     struct sb_instance *inst;   /* set while the plugin holds it */
+    int abandoned; /* the host answered for the plugin, which still holds it */
     char *route; /* metrics label */
     char *instance_id;
     char *subpath; /* path after /webhook/<p>/<i>, "" when none */
@@ -149,6 +150,12 @@ void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *reply);
 int sbh_reply_answer(struct sb_reply *reply, int status, const char *content_type,
                      const void *body, size_t len);
 void sbh_reply_error(struct sb_reply *reply, int status, const char *code, const char *message);
+/*
+ * Answer the client now for a plugin that is too slow (drain or swap bound),
+ * but keep the sb_reply: the plugin still holds it and may answer later,
+ * which then only frees it.
+ */
+void sbh_reply_abandon(struct sb_reply *reply, const char *code, const char *message);
 
 /* registry.c */
 void sbh_registry_reply_done(struct sbh_registry *reg);

@@ -130,7 +130,8 @@ int sbh_reply_answer(struct sb_reply *r, int status, const char *content_type, c
     struct sbh_registry *reg = r->reg;
     if (r->inst) {
         TAILQ_REMOVE(&r->inst->pending, r, link);
-        r->inst->n_pending--;
+        if (!r->abandoned)
+            r->inst->n_pending--;
     }
     reply_free(r);
     sbh_registry_reply_done(reg);
@@ -145,6 +146,25 @@ void sbh_reply_error(struct sb_reply *r, int status, const char *code, const cha
     json_decref(doc);
     sbh_reply_answer(r, status, NULL, text ? text : "{}", text ? strlen(text) : 2);
     free(text);
+}
+
+void sbh_reply_abandon(struct sb_reply *r, const char *code, const char *message)
+{
+    if (r->abandoned)
+        return;
+    if (r->req) {
+        json_t *doc = json_pack("{s:{s:s, s:s, s:{s:s}}}", "error", "code", code, "message",
+                                message, "details", "instance", r->instance_id);
+        char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(doc);
+        evhttp_connection_set_closecb(evhttp_request_get_connection(r->req), NULL, NULL);
+        sbh_respond(r->req, r->route, 503, NULL, text ? text : "{}", text ? strlen(text) : 2);
+        free(text);
+        r->req = NULL;
+    }
+    r->abandoned = 1;
+    if (r->inst)
+        r->inst->n_pending--;
 }
 
 void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *r)

@@ -34,7 +34,32 @@ ECHO_V1 = "1.0.0"
 ECHO_V2 = "2.0.0-test"
 
 # Variables the daemon reads as overrides: never leak them from the caller.
-_OVERRIDE_RE = re.compile(r"^(MULTI_PROVIDER_PORT|ENABLE_[A-Z0-9_]+|[A-Z0-9_]+_WEBHOOK_PATH)$")
+_OVERRIDE_RE = re.compile(r"^(MULTI_PROVIDER_PORT|ENABLE_[A-Z0-9_]+|[A-Z0-9_]+_WEBHOOK_PATH"
+                          r"|DATABASE_URL|SWITCHBOARD_MASTER_KEY)$")
+
+_db_counter = [0]
+
+
+def mariadb_socket():
+    """The run's private MariaDB (started by run-pytest.sh)."""
+    return _env_path("SB_MARIADB_SOCKET")
+
+
+def sql(statement, database=None):
+    """Run one statement as root through the test server's socket; returns stdout."""
+    cmd = ["mariadb", "--no-defaults", "--socket=" + mariadb_socket(), "-uroot", "-N", "-B",
+           "-e", statement]
+    if database:
+        cmd.insert(-2, database)
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def new_database():
+    """A fresh database on the test server: (name, DATABASE_URL)."""
+    _db_counter[0] += 1
+    name = "sbt_%d_%d" % (os.getpid(), _db_counter[0])
+    sql("CREATE DATABASE %s CHARACTER SET utf8mb4" % name)
+    return name, "mysql://root@localhost/%s?socket=%s" % (name, mariadb_socket())
 
 
 def _env_path(name):
@@ -47,12 +72,16 @@ def _env_path(name):
 def daemon_path():
     path = _env_path("SB_DAEMON")
     if not os.access(path, os.X_OK):
-        pytest.skip("SB_DAEMON=%s is not an executable (daemon not built?)" % path)
+        pytest.fail("SB_DAEMON=%s is not an executable (daemon not built?)" % path)
     return path
 
 
 def plugin_dir():
     return _env_path("SB_PLUGIN_DIR")
+
+
+def migrations_dir():
+    return _env_path("SB_MIGRATIONS_DIR")
 
 
 def aux_plugin_dir():
@@ -62,7 +91,7 @@ def aux_plugin_dir():
 def aux_plugin(name):
     path = os.path.join(aux_plugin_dir(), name)
     if not os.path.exists(path):
-        pytest.skip("test plugin %s not built" % path)
+        pytest.fail("test plugin %s not built" % path)
     return path
 
 
@@ -213,13 +242,17 @@ class Daemon:
             plugins = {"echo.so": os.path.join(plugin_dir(), "echo.so")}
         for name, src in plugins.items():
             if not os.path.exists(src):
-                pytest.skip("plugin %s not built" % src)
+                pytest.fail("plugin %s not built" % src)
             shutil.copy2(src, os.path.join(self.plugins, name))
         self.config = copy.deepcopy(config) if config is not None else base_config(free_port())
         self.write_config(self.config, mode="plain")
         for name, obj in (confd or {}).items():
             self.write_confd(name, obj)
-        self.env = env or {}
+        self.env = dict(env or {})
+        # A database of its own on the run's server, unless the test picks one.
+        self.database = None
+        if "DATABASE_URL" not in self.env:
+            self.database, self.env["DATABASE_URL"] = new_database()
         self.args = list(args or [])
         # Port the tests talk to: explicit, else the config's.
         self.port = port if port is not None else self.config["listen"]["port"]
@@ -232,7 +265,8 @@ class Daemon:
 
     def command(self, extra=None):
         return [daemon_path(), "--config", self.config_path, "--plugin-dir", self.plugins,
-                "--state-dir", self.state] + self.args + list(extra or [])
+                "--state-dir", self.state, "--migrations-dir", migrations_dir()] + self.args + \
+            list(extra or [])
 
     def child_env(self):
         env = {k: v for k, v in os.environ.items() if not _OVERRIDE_RE.match(k)}
@@ -276,6 +310,25 @@ class Daemon:
             if time.monotonic() >= deadline:
                 raise AssertionError("daemon not healthy on port %d after %.1fs" % (port, timeout))
             time.sleep(0.02)
+
+    def expect_start_failure(self, timeout=START_DEADLINE):
+        """Start and expect the process to exit on its own; returns the exit
+        code. Fails fast if it comes up healthy instead."""
+        self.expect_exit = True
+        self.start(wait=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                self.returncode = rc
+                return rc
+            try:
+                if self.get("/healthz", timeout=1).status == 200:
+                    raise AssertionError("daemon started and serves /healthz; expected it to exit")
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError("daemon neither exited nor became healthy in %.1fs" % timeout)
 
     def signal(self, sig):
         self.proc.send_signal(sig)
@@ -370,7 +423,24 @@ class Daemon:
         assert r.status == 200, r
         return Metrics(r.text)
 
+    @property
+    def admin_key(self):
+        """The admin key the daemon printed on its first start."""
+        rec = self.wait_for_log(lambda r: "api_key" in r, timeout=START_DEADLINE,
+                                what="the admin key log line")
+        return rec["api_key"]
+
+    def auth(self, key=None):
+        return {"Authorization": "Bearer " + (key or self.admin_key)}
+
+    def api(self, method, path, body=None, key=None, **kw):
+        """An authenticated /v1 request (admin key unless key is given)."""
+        headers = dict(kw.pop("headers", {}) or {})
+        headers.update(self.auth(key))
+        return self.request(method, path, body=body, headers=headers, **kw)
+
     def providers(self, **kw):
+        kw.setdefault("headers", self.auth())
         r = self.get("/v1/providers", **kw)
         assert r.status == 200, r
         return r.json()["providers"]
@@ -417,17 +487,25 @@ class Daemon:
     def wait_for_log(self, pred, timeout=5.0, since=0, what=None):
         if isinstance(pred, str):
             msg = pred
-            pred = lambda r: r.get("message") == msg  # noqa: E731
+            pred = lambda r: msg_matches(r, msg)  # noqa: E731
             what = what or "log message %r" % msg
         found = wait_until(lambda: self.find_logs(pred, since), timeout,
                            what=what or "log line")
         return found[0]
 
 
+def msg_matches(rec, message):
+    """The record's message is `message`, or `message` followed by ':' or ' '
+    and detail (tolerated; test_*_exact checks the plain form)."""
+    m = rec.get("message")
+    return isinstance(m, str) and (m == message or m.startswith(message + ":")
+                                   or m.startswith(message + " "))
+
+
 def msg_is(message, **fields):
-    """Log predicate: message equals and fields equal."""
+    """Log predicate: message matches (see msg_matches) and fields equal."""
     def pred(r):
-        return r.get("message") == message and all(r.get(k) == v for k, v in fields.items())
+        return msg_matches(r, message) and all(r.get(k) == v for k, v in fields.items())
     return pred
 
 

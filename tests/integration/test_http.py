@@ -90,7 +90,7 @@ def test_listening_logged_with_port(daemon):
 def test_readyz_running(daemon):
     r = daemon.get("/readyz")
     assert r.status == 200, r
-    assert r.json() == {"ready": True, "plugins": {"echo": "running"}}
+    assert r.json() == {"ready": True, "plugins": {"echo": "running"}, "database": "up"}
 
 
 def test_readyz_503_when_enabled_plugin_fails_init(make_daemon):
@@ -177,8 +177,14 @@ def test_metrics_404_counted_with_status(daemon):
 
 # -- /v1/providers ---------------------------------------------------------------
 
+def test_providers_needs_a_key(daemon):
+    assert_json_error(daemon.get("/v1/providers"), 401)
+    r = daemon.get("/v1/providers", headers={"Authorization": "Bearer sbk_nope"})
+    assert_json_error(r, 401)
+
+
 def test_providers_shape(daemon):
-    r = daemon.get("/v1/providers")
+    r = daemon.get("/v1/providers", headers=daemon.auth())
     assert r.status == 200, r
     assert "application/json" in r.headers.get("content-type", "")
     doc = r.json()
@@ -196,6 +202,7 @@ def test_providers_shape(daemon):
     assert isinstance(schema, dict), p
     assert schema.get("type") == "object"
     assert schema.get("properties", {}).get("prefix") == {"type": "string"}
+    assert schema["properties"]["token"].get("writeOnly") is True
     assert schema.get("additionalProperties") is False
 
 
@@ -332,3 +339,11 @@ def test_many_keepalive_requests_one_connection(daemon):
             assert json.loads(r.body)["echo"]["text"] == "k%d" % i
     finally:
         conn.close()
+
+
+def test_notable_log_messages_exact(daemon):
+    """The contract's notable messages are fixed strings (details go in
+    fields), so log consumers can match them exactly."""
+    msgs = [r.get("message") for r in daemon.logs()]
+    assert "listening" in msgs, msgs
+    assert "plugin loaded" in msgs, msgs

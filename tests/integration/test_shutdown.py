@@ -91,6 +91,7 @@ def test_sigterm_idle_exits_quickly(make_daemon):
     assert time.monotonic() - t0 < 2.0
     rec = d.wait_for_log("shutdown complete", since=mark, timeout=1)
     assert rec.get("level") == "info", rec
+    assert rec["message"] == "shutdown complete", rec
     assert port_refuses(d.port)
 
 

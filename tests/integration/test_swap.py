@@ -235,3 +235,89 @@ def test_swap_refused(make_daemon, bad, words):
     wait_until(lambda: d.provider("echo")["version"] == ECHO_V2, RELOAD_DEADLINE + 1,
                what="good swap after a refusal")
     assert d.webhook().json()["plugin_version"] == ECHO_V2
+
+
+def test_swap_log_messages_exact(make_daemon):
+    """'plugin swapped' and 'plugin refused' are fixed messages; the version,
+    generation and reason travel in fields."""
+    d = make_daemon()
+    mark = d.mark()
+    d.install_plugin(aux_plugin("bad_abi.so"))
+    refused = d.wait_for_log("plugin refused", since=mark, timeout=RELOAD_DEADLINE + 1)
+    d.install_plugin(aux_plugin("echo_v2.so"))
+    swapped = d.wait_for_log("plugin swapped", since=mark, timeout=RELOAD_DEADLINE + 1)
+    assert refused["message"] == "plugin refused", refused
+    assert "reason" in refused, refused
+    assert swapped["message"] == "plugin swapped", swapped
+    assert swapped.get("provider") == "echo", swapped
+
+
+def test_swap_timeout_bounds_old_generation(make_daemon):
+    """An old generation's in-flight webhook that outlives swap_timeout_ms does
+    not block the swap forever: it is answered (503) or closed, the new
+    generation takes over, and the daemon keeps running."""
+    cfg = base_config(free_port(), swap_timeout_ms=500)
+    d = make_daemon(config=cfg)
+    res = {}
+
+    def slow():
+        try:
+            res["r"] = d.webhook(body={"text": "long", "delay_ms": 20000}, timeout=30)
+        except Exception as exc:  # noqa: BLE001
+            res["r"] = exc
+        res["t"] = time.monotonic()
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    lab = dict(provider="echo", instance="echo-demo", type="message.received")
+    wait_until(lambda: d.metrics().value("switchboard_events_total", **lab) >= 1, 3,
+               what="delayed request received")
+    t0 = time.monotonic()
+    d.install_plugin(aux_plugin("echo_v2.so"))
+    wait_until(lambda: d.provider("echo")["version"] == ECHO_V2, RELOAD_DEADLINE + 1.5,
+               what="v2 within swap_timeout_ms + reload latency")
+    t.join(5)
+    assert not t.is_alive(), "old generation's webhook still pending after swap_timeout_ms"
+    r = res["r"]
+    if not isinstance(r, Exception):
+        assert r.status == 503, r
+    assert res["t"] - t0 < 0.5 + RELOAD_DEADLINE + 1
+    assert d.alive(), "daemon died at the swap timeout"
+    r2 = d.webhook()
+    assert r2.status == 200 and r2.json()["plugin_version"] == ECHO_V2, r2
+
+
+def test_requests_during_drain_are_held_for_new_generation(make_daemon):
+    """While the old generation drains a delayed reply, new requests for the
+    plugin are held and then served by the new generation (not by the old
+    one, not failed)."""
+    d = make_daemon()
+    res = {}
+
+    def slow():
+        try:
+            res["r"] = d.webhook(body={"text": "slow", "delay_ms": 1500}, timeout=15)
+        except Exception as exc:  # noqa: BLE001
+            res["r"] = exc
+        res["t"] = time.monotonic()
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    lab = dict(provider="echo", instance="echo-demo", type="message.received")
+    wait_until(lambda: d.metrics().value("switchboard_events_total", **lab) >= 1, 3,
+               what="delayed request received")
+    mark = d.mark()
+    d.install_plugin(aux_plugin("echo_v2.so"))
+    # the new generation is loaded (old one now draining)
+    d.wait_for_log(lambda r: msg_is("plugin loaded")(r) and ECHO_V2 in json.dumps(r),
+                   since=mark, timeout=RELOAD_DEADLINE, what="v2 generation loaded")
+    assert t.is_alive(), "delayed reply finished too early to test holding"
+    r = d.webhook(body={"text": "during drain"}, timeout=15)
+    t_held = time.monotonic()
+    assert r.status == 200, r
+    assert r.json()["plugin_version"] == ECHO_V2, r
+    t.join(15)
+    slow_r = res["r"]
+    assert not isinstance(slow_r, Exception) and slow_r.status == 200, slow_r
+    assert slow_r.json()["plugin_version"] == ECHO_V1
+    assert t_held >= res["t"] - 0.05, "request during drain was not held until the drain ended"
