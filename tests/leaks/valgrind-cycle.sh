@@ -1,6 +1,7 @@
 #!/bin/sh
-# The daemon's start/stop cycle under valgrind: start with the echo plugin,
-# serve a webhook, reload once, SIGTERM, and require no leak and exit 0.
+# The daemon's start/stop cycle under valgrind: start with the echo plugin
+# and its embedded MariaDB, serve a webhook and an API call, reload once,
+# SIGTERM, and require no leak and exit 0.
 # Skipped (77) in sanitizer builds, where valgrind cannot run.
 set -u
 if [ "${SB_SANITIZERS:-no}" = yes ]; then
@@ -19,16 +20,20 @@ JSON
 valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect \
     --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
     "$SB_DAEMON" --config "$tmp/switchboard.json" --plugin-dir "$tmp/plugins" \
-    --state-dir "$tmp/state" 2>"$tmp/log" &
+    --state-dir "$tmp/state" --migrations-dir "$SB_MIGRATIONS_DIR" 2>"$tmp/log" &
 pid=$!
 up=0
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     if curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then up=1; break; fi
     sleep 0.2
 done
 [ $up = 1 ] || { echo "daemon did not come up"; cat "$tmp/log"; exit 1; }
 curl -fs -XPOST "http://127.0.0.1:$port/webhook/echo/demo" -d '{"text":"hi"}' >/dev/null ||
     { echo "webhook failed"; cat "$tmp/log"; exit 1; }
+key=$(grep -o '"api_key":"[^"]*"' "$tmp/log" | cut -d'"' -f4)
+curl -fs -H "Authorization: Bearer $key" -XPOST "http://127.0.0.1:$port/v1/instances" \
+    -d '{"provider":"echo","name":"v","secrets":{"token":"0123456789"}}' >/dev/null ||
+    { echo "API create failed"; cat "$tmp/log"; exit 1; }
 echo '{"plugins": {"echo": {}}, "instances": {"demo2": {"provider": "echo"}}}' > "$tmp/conf.d/x.json"
 sleep 2
 curl -fs -XPOST "http://127.0.0.1:$port/webhook/echo/demo2" -d '{"text":"hi"}' >/dev/null ||
