@@ -12,6 +12,8 @@
 # Environment (defaults to the in-tree build):
 #   SB_DAEMON           path of switchboardd            [host/switchboardd]
 #   SB_PLUGIN_DIR       dir with the bundled plugins    [build/plugins]
+#   SB_MIGRATIONS_DIR   schema migrations               [build/migrations]
+# The daemon runs its embedded MariaDB (no DATABASE_URL), as `make run` does.
 #   SB_TEST_PLUGIN_DIR  dir with echo_v2.so (optional)  [tests/plugins/.libs]
 #   BENCH_DURATION (s, default 5), BENCH_THREADS (2), BENCH_CONNS (50),
 #   BENCH_SWAP_DURATION (s, default 8), BENCH_KEEP=1 keeps the temp dir.
@@ -21,6 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 DAEMON=${SB_DAEMON:-$top/host/switchboardd}
 PLUGINS=${SB_PLUGIN_DIR:-$top/build/plugins}
+MIGRATIONS=${SB_MIGRATIONS_DIR:-$top/build/migrations}
 TEST_PLUGINS=${SB_TEST_PLUGIN_DIR:-$top/tests/plugins/.libs}
 DURATION=${BENCH_DURATION:-5}
 THREADS=${BENCH_THREADS:-2}
@@ -109,7 +112,7 @@ port=$(free_port)
 } >"$tmp/etc/switchboard.json"
 
 "$DAEMON" --config "$tmp/etc/switchboard.json" --plugin-dir "$tmp/plugins" \
-    --state-dir "$tmp/state" 2>"$tmp/daemon.log" &
+    --state-dir "$tmp/state" --migrations-dir "$MIGRATIONS" 2>"$tmp/daemon.log" &
 daemon_pid=$!
 base="http://127.0.0.1:$port"
 if ! wait_http "$base/healthz" 20; then
@@ -118,6 +121,8 @@ if ! wait_http "$base/healthz" 20; then
 fi
 curl -fsS -o /dev/null "$base/webhook/echo/bench" -H 'Content-Type: application/json' \
     -d '{"text":"warm"}' || die "echo webhook does not answer"
+
+auth="Authorization: Bearer $(grep -o '"api_key":"[^"]*"' "$tmp/daemon.log" | cut -d'"' -f4)"
 
 # Idle RSS: let start-up settle, then read VmRSS before any load.
 sleep 1
@@ -159,7 +164,7 @@ rss_after_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$daemon_pid/status")
 # ---------------------------------------------------------------- 4. swap under load
 swap_src="$TEST_PLUGINS/echo_v2.so"
 [ -f "$swap_src" ] || swap_src="$PLUGINS/echo.so" # same code, new file: still a swap
-gen_before=$(curl -fsS "$base/v1/providers" |
+gen_before=$(curl -fsS -H "$auth" "$base/v1/providers" |
     python3 -c 'import json,sys; print([p["generation"] for p in json.load(sys.stdin)["providers"] if p["name"]=="echo"][0])')
 wrk -t"$THREADS" -c"$CONNS" -d"${SWAP_DURATION}s" --latency -s "$here/echo-post.lua" \
     "$base/webhook/echo/bench" >"$tmp/swap.wrk" 2>&1 &
@@ -170,7 +175,7 @@ mv -f "$tmp/plugins/.echo.so.new" "$tmp/plugins/echo.so"
 swap_t0=$(date +%s.%N)
 swap_ms=timeout
 for _ in $(seq 1 200); do
-    gen=$(curl -fsS --max-time 2 "$base/v1/providers" 2>/dev/null |
+    gen=$(curl -fsS --max-time 2 -H "$auth" "$base/v1/providers" 2>/dev/null |
         python3 -c 'import json,sys; print([p["generation"] for p in json.load(sys.stdin)["providers"] if p["name"]=="echo"][0])' 2>/dev/null || echo "$gen_before")
     if [ "$gen" != "$gen_before" ]; then
         swap_ms=$(python3 -c "import time; print(int((time.time() - $swap_t0) * 1000))")
@@ -180,7 +185,7 @@ for _ in $(seq 1 200); do
 done
 wait "$wrk_pid" || true
 wrk_pid=
-swap_version=$(curl -fsS "$base/v1/providers" |
+swap_version=$(curl -fsS -H "$auth" "$base/v1/providers" |
     python3 -c 'import json,sys; print([p["version"] for p in json.load(sys.stdin)["providers"] if p["name"]=="echo"][0])')
 
 # ---------------------------------------------------------------- stop daemon

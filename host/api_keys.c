@@ -184,40 +184,62 @@ static int load_keys(MYSQL *conn, json_t **rows)
     return sbh_db_query(conn, rows, "SELECT " KEY_COLUMNS " FROM api_keys", "");
 }
 
-int sbh_api_bootstrap_admin_key(MYSQL *conn, struct sbh_auth *auth, char *why, size_t why_len)
+/* The first admin key, made when api_keys is empty; -1 with why on failure. */
+static int create_first_key(MYSQL *conn, char *why, size_t why_len)
 {
-    json_t *rows = NULL;
-    if (load_keys(conn, &rows) != SBH_DB_OK) {
-        snprintf(why, why_len, "cannot read api_keys: %s", mysql_error(conn));
+    json_t *row = new_key_row("initial admin key", "admin", NULL);
+    if (!row) {
+        snprintf(why, why_len, "cannot make a key");
         return -1;
     }
-    if (json_array_size(rows) == 0) {
-        json_t *row = new_key_row("initial admin key", "admin", NULL);
-        const char *s[4];
-        const char *names[] = {"id", "prefix", "hash", "label"};
-        for (int i = 0; i < 4; i++)
-            s[i] = json_string_value(json_object_get(row, names[i]));
-        if (!row || insert_key(conn, s[0], s[1], s[2], s[3], "admin", NULL) != SBH_DB_OK) {
-            json_decref(row);
-            json_decref(rows);
-            snprintf(why, why_len, "cannot create the admin key: %s", mysql_error(conn));
-            return -1;
-        }
-        /* The one time a key is logged: the operator has no other way to get it. */
-        sbh_log_fields(SB_LOG_WARN, "api", NULL, NULL,
-                       json_pack("{s:O, s:O}", "api_key", json_object_get(row, "key"), "key_id",
-                                 json_object_get(row, "id")),
-                       "admin API key created; it is shown this once, store it now");
+    const char *id = json_string_value(json_object_get(row, "id"));
+    int rc = insert_key(conn, id, json_string_value(json_object_get(row, "prefix")),
+                        json_string_value(json_object_get(row, "hash")),
+                        json_string_value(json_object_get(row, "label")), "admin", NULL);
+    if (rc != SBH_DB_OK) {
+        snprintf(why, why_len, "cannot create the admin key: %s", mysql_error(conn));
         json_decref(row);
+        return -1;
+    }
+    /* The one time a key is logged: the operator has no other way to get it. */
+    sbh_log_fields(SB_LOG_WARN, "api", NULL, NULL,
+                   json_pack("{s:O, s:s}", "api_key", json_object_get(row, "key"), "key_id", id),
+                   "admin API key created; it is shown this once, store it now");
+    json_decref(row);
+    return 0;
+}
+
+int sbh_api_bootstrap_admin_key(MYSQL *conn, struct sbh_auth *auth, char *why, size_t why_len)
+{
+    json_t *rows = NULL, *lock = NULL;
+    int rc = -1;
+    /* Two daemons starting on one empty database must make one key, not two. */
+    if (sbh_db_query(conn, &lock, "SELECT GET_LOCK('switchboard.bootstrap', 60) AS got", "") !=
+            SBH_DB_OK ||
+        json_integer_value(json_object_get(json_array_get(lock, 0), "got")) != 1) {
+        snprintf(why, why_len, "cannot take the bootstrap lock: %s", mysql_error(conn));
+        goto out;
+    }
+    if (load_keys(conn, &rows) != SBH_DB_OK) {
+        snprintf(why, why_len, "cannot read api_keys: %s", mysql_error(conn));
+        goto unlock;
+    }
+    if (json_array_size(rows) == 0) {
         json_decref(rows);
-        if (load_keys(conn, &rows) != SBH_DB_OK) {
-            snprintf(why, why_len, "cannot read api_keys: %s", mysql_error(conn));
-            return -1;
-        }
+        rows = NULL;
+        if (create_first_key(conn, why, why_len) < 0 || load_keys(conn, &rows) != SBH_DB_OK)
+            goto unlock;
     }
     sbh_auth_load(auth, rows);
+    rc = 0;
+unlock:
+    json_decref(lock);
+    lock = NULL;
+    sbh_db_query(conn, &lock, "SELECT RELEASE_LOCK('switchboard.bootstrap')", "");
+out:
     json_decref(rows);
-    return 0;
+    json_decref(lock);
+    return rc;
 }
 
 static int work_refresh(MYSQL *conn, void *arg)

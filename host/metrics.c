@@ -77,6 +77,32 @@ static void remember_family(const char *name, const char *help)
     n_families++;
 }
 
+/* The counter name{labels}, created at 0 when new; NULL when out of memory. */
+static struct counter *counter_get(const char *name, const char *help, const char *labels)
+{
+    struct counter *c = find(name, labels);
+    if (c)
+        return c;
+    struct counter *grown = realloc(counters, (n_counters + 1) * sizeof(*grown));
+    if (!grown)
+        return NULL;
+    counters = grown;
+    c = &counters[n_counters++];
+    c->name = strdup(name);
+    c->labels = strdup(labels);
+    c->value = 0;
+    remember_family(name, help);
+    return c;
+}
+
+static void labels_of(char *dst, size_t cap, ...)
+{
+    va_list ap;
+    va_start(ap, cap);
+    render_labels(dst, cap, ap);
+    va_end(ap);
+}
+
 void sbh_metrics_add(const char *name, const char *help, double delta, ...)
 {
     char labels[512];
@@ -84,20 +110,9 @@ void sbh_metrics_add(const char *name, const char *help, double delta, ...)
     va_start(ap, delta);
     render_labels(labels, sizeof(labels), ap);
     va_end(ap);
-
-    struct counter *c = find(name, labels);
-    if (!c) {
-        struct counter *grown = realloc(counters, (n_counters + 1) * sizeof(*grown));
-        if (!grown)
-            return;
-        counters = grown;
-        c = &counters[n_counters++];
-        c->name = strdup(name);
-        c->labels = strdup(labels);
-        c->value = 0;
-        remember_family(name, help);
-    }
-    c->value += delta;
+    struct counter *c = counter_get(name, help, labels);
+    if (c)
+        c->value += delta;
 }
 
 double sbh_metrics_get(const char *name, ...)
@@ -134,8 +149,11 @@ void sbh_metrics_render(struct evbuffer *out)
     }
 }
 
+static void http_slots_reset(void);
+
 void sbh_metrics_reset(void)
 {
+    http_slots_reset();
     for (size_t i = 0; i < n_counters; i++) {
         free(counters[i].name);
         free(counters[i].labels);
@@ -149,4 +167,48 @@ void sbh_metrics_reset(void)
     counters = NULL;
     families = NULL;
     n_counters = n_families = 0;
+}
+
+/* The request counter is bumped on every answer: skip label rendering there. */
+struct http_slot {
+    char *route;
+    int status;
+    size_t counter; /* index into counters */
+};
+static struct http_slot *http_slots;
+static size_t n_http_slots;
+
+void sbh_metrics_http(const char *route, int status)
+{
+    for (size_t i = 0; i < n_http_slots; i++)
+        if (http_slots[i].status == status && !strcmp(http_slots[i].route, route)) {
+            counters[http_slots[i].counter].value += 1;
+            return;
+        }
+    char code[16], labels[512];
+    snprintf(code, sizeof(code), "%d", status);
+    labels_of(labels, sizeof(labels), "route", route, "status", code, NULL);
+    struct counter *c = counter_get("switchboard_http_requests_total",
+                                    "HTTP requests answered, by route and status", labels);
+    if (!c)
+        return;
+    c->value += 1;
+    struct http_slot *grown = realloc(http_slots, (n_http_slots + 1) * sizeof(*grown));
+    if (!grown)
+        return;
+    http_slots = grown;
+    http_slots[n_http_slots].route = strdup(route);
+    http_slots[n_http_slots].status = status;
+    http_slots[n_http_slots].counter = (size_t)(c - counters);
+    if (http_slots[n_http_slots].route)
+        n_http_slots++;
+}
+
+static void http_slots_reset(void)
+{
+    for (size_t i = 0; i < n_http_slots; i++)
+        free(http_slots[i].route);
+    free(http_slots);
+    http_slots = NULL;
+    n_http_slots = 0;
 }

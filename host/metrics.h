@@ -12,6 +12,9 @@
 void sbh_metrics_add(const char *name, const char *help, double delta, ...)
     __attribute__((sentinel));
 
+/* switchboard_http_requests_total{route,status} += 1, without rendering labels. */
+void sbh_metrics_http(const char *route, int status);
+
 /* Current value of name{labels} (labels as for sbh_metrics_add); 0 if unknown. */
 double sbh_metrics_get(const char *name, ...) __attribute__((sentinel));
 

@@ -34,7 +34,6 @@ static const char *reason_for(int status)
 void sbh_respond(struct evhttp_request *req, const char *route, int status,
                  const char *content_type, const void *body, size_t len)
 {
-    char code[8];
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", content_type ? content_type : "application/json");
     struct evbuffer *buf = evbuffer_new();
@@ -43,9 +42,7 @@ void sbh_respond(struct evhttp_request *req, const char *route, int status,
     evhttp_send_reply(req, status, reason_for(status), buf);
     if (buf)
         evbuffer_free(buf);
-    snprintf(code, sizeof(code), "%d", status);
-    sbh_metrics_add("switchboard_http_requests_total", "HTTP requests answered, by route and status",
-                    1, "route", route, "status", code, NULL);
+    sbh_metrics_http(route, status);
 }
 
 void sbh_respond_json(struct evhttp_request *req, const char *route, int status, json_t *body)
