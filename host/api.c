@@ -129,8 +129,7 @@ int sbh_call_body_object(struct sbh_call *call, const char *const *allowed)
         sbh_call_error(call, 400, "invalid_body", NULL, "the body must be a JSON object");
         return -1;
     }
-    json_object_foreach(call->body, key, v)
-    {
+    json_object_foreach (call->body, key, v) {
         const char *const *a = allowed;
         while (*a && strcmp(*a, key) != 0)
             a++;
@@ -178,7 +177,8 @@ static void serve_providers(struct sbh_call *call, enum evhttp_cmd_type method)
         sbh_call_error(call, 405, "method_not_allowed", NULL, "only GET");
         return;
     }
-    sbh_call_reply(call, 200, json_pack("{s:o}", "providers", sbh_registry_providers(call->d->reg)));
+    sbh_call_reply(call, 200,
+                   json_pack("{s:o}", "providers", sbh_registry_providers(call->d->reg)));
 }
 
 /* Split "/v1/<resource>[/<id>[/<action>]]"; -1 when malformed. */
@@ -208,7 +208,9 @@ static int split_path(const char *path, char *res, size_t res_len, char *id, siz
 static const char *route_label(const char *res, const char *id, const char *action)
 {
     if (!strcmp(res, "instances"))
-        return !*id ? "/v1/instances" : *action ? "/v1/instances/{id}/action" : "/v1/instances/{id}";
+        return !*id      ? "/v1/instances"
+               : *action ? "/v1/instances/{id}/action"
+                         : "/v1/instances/{id}";
     if (!strcmp(res, "keys"))
         return *id ? "/v1/keys/{id}" : "/v1/keys";
     if (!strcmp(res, "providers"))

@@ -33,9 +33,9 @@ static int json_array_contains_string(const json_t *arr, const char *s)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(arr, i, v)
-    if (json_is_string(v) && !strcmp(json_string_value(v), s))
-        return 1;
+    json_array_foreach (arr, i, v)
+        if (json_is_string(v) && !strcmp(json_string_value(v), s))
+            return 1;
     return 0;
 }
 
@@ -102,8 +102,7 @@ static int check_settings(struct sbh_call *call, const char *provider, const jso
     const char *key;
     json_t *v;
     int rc = -1;
-    json_object_foreach((json_t *)settings, key, v)
-    {
+    json_object_foreach ((json_t *)settings, key, v) {
         if (!json_array_contains_string(secret_names, key))
             continue;
         char field[160];
@@ -112,14 +111,13 @@ static int check_settings(struct sbh_call *call, const char *provider, const jso
                        "%s is a secret: send it in \"secrets\"", key);
         goto out;
     }
-    json_object_foreach((json_t *)secrets, key, v)
-    {
+    json_object_foreach ((json_t *)secrets, key, v) {
         if (json_array_contains_string(secret_names, key))
             continue;
         char field[160];
         snprintf(field, sizeof(field), "secrets.%s", key);
-        sbh_call_error(call, 400, "not_a_secret", field,
-                       "%s is not a secret field of provider %s", key, provider);
+        sbh_call_error(call, 400, "not_a_secret", field, "%s is not a secret field of provider %s",
+                       key, provider);
         goto out;
     }
     json_t *merged = merged_settings(settings, secrets);
@@ -159,13 +157,12 @@ static int valid_name(const json_t *v)
 static json_t *secret_names_of(const struct sbh_keyring *ring, const json_t *row)
 {
     json_t *names = json_array();
-    json_t *secrets =
-        open_secrets(ring, json_string_value(json_object_get(row, "id")),
-                     json_string_value(json_object_get(row, "secrets")));
+    json_t *secrets = open_secrets(ring, json_string_value(json_object_get(row, "id")),
+                                   json_string_value(json_object_get(row, "secrets")));
     const char *key;
     json_t *v;
-    json_object_foreach(secrets, key, v)
-    json_array_append_new(names, json_string(key));
+    json_object_foreach (secrets, key, v)
+        json_array_append_new(names, json_string(key));
     json_decref(secrets);
     return names;
 }
@@ -180,10 +177,9 @@ static json_t *instance_doc(struct sbh_daemon *d, const json_t *row)
     return json_pack("{s:O, s:O, s:O, s:o, s:o, s:b, s:O, s:O, s:o}", "id",
                      json_object_get(row, "id"), "provider", json_object_get(row, "provider"),
                      "name", json_object_get(row, "name"), "settings",
-                     settings ? settings : json_object(), "secrets",
-                     secret_names_of(d->ring, row), "enabled",
-                     json_integer_value(json_object_get(row, "enabled")) != 0, "created_at",
-                     json_object_get(row, "created_at"), "updated_at",
+                     settings ? settings : json_object(), "secrets", secret_names_of(d->ring, row),
+                     "enabled", json_integer_value(json_object_get(row, "enabled")) != 0,
+                     "created_at", json_object_get(row, "created_at"), "updated_at",
                      json_object_get(row, "updated_at"), "status", status);
 }
 
@@ -258,9 +254,10 @@ static int work_delete(MYSQL *conn, struct sbh_call *call)
     if (rc == SBH_DB_OK && n == 0)
         return SBH_DB_NOTFOUND;
     /* instance_kv has no foreign key: config instances keep state there too. */
-    return rc == SBH_DB_OK ? sbh_db_exec(conn, NULL, "DELETE FROM instance_kv WHERE instance_id = ?",
-                                         "s", in_str(call, "id"))
-                           : rc;
+    return rc == SBH_DB_OK
+               ? sbh_db_exec(conn, NULL, "DELETE FROM instance_kv WHERE instance_id = ?", "s",
+                             in_str(call, "id"))
+               : rc;
 }
 
 static int work_set_enabled(MYSQL *conn, struct sbh_call *call)
@@ -304,7 +301,8 @@ static void mirror_row(struct sbh_call *call)
 {
     const json_t *row = call->out;
     const char *id = json_string_value(json_object_get(row, "id"));
-    json_t *secrets = open_secrets(call->d->ring, id, json_string_value(json_object_get(row, "secrets")));
+    json_t *secrets =
+        open_secrets(call->d->ring, id, json_string_value(json_object_get(row, "secrets")));
     json_t *settings = json_loads(json_string_value(json_object_get(row, "settings")), 0, NULL);
     if (secrets && settings)
         sbh_registry_instance_put(call->d->reg, id,
@@ -324,7 +322,8 @@ static void then_created(struct sbh_call *call, int rc)
     }
     if (rc == SBH_DB_CONFLICT) {
         sbh_call_error(call, 409, "name_taken", "name",
-                       "an instance of this provider is already named \"%s\"", in_str(call, "name"));
+                       "an instance of this provider is already named \"%s\"",
+                       in_str(call, "name"));
         return;
     }
     then_reply_row(call, rc, 201);
@@ -341,8 +340,8 @@ static void make_id(char *out, size_t len)
 
 static void create_instance(struct sbh_call *call)
 {
-    static const char *const allowed[] = {"provider", "name", "settings", "secrets", "enabled",
-                                          NULL};
+    static const char *const allowed[] = {"provider", "name",    "settings",
+                                          "secrets",  "enabled", NULL};
     if (!call->who.admin) {
         sbh_call_error(call, 403, "forbidden", NULL, "only an admin key creates instances");
         return;
@@ -358,9 +357,8 @@ static void create_instance(struct sbh_call *call)
         return sbh_call_error(call, 400, "invalid_field", "name",
                               "name is required: 1 to 128 characters, no control characters");
     if ((settings && !json_is_object(settings)) || (secrets && !json_is_object(secrets)))
-        return sbh_call_error(call, 400, "invalid_field", settings && !json_is_object(settings)
-                                                              ? "settings"
-                                                              : "secrets",
+        return sbh_call_error(call, 400, "invalid_field",
+                              settings && !json_is_object(settings) ? "settings" : "secrets",
                               "must be an object");
     if (enabled && !json_is_boolean(enabled))
         return sbh_call_error(call, 400, "invalid_field", "enabled", "must be true or false");
@@ -375,9 +373,9 @@ static void create_instance(struct sbh_call *call)
     make_id(id, sizeof(id));
     char *settings_text = json_dumps(settings, JSON_COMPACT);
     char *sealed = seal_secrets(call->d->ring, id, secrets);
-    call->in = json_pack("{s:s, s:s, s:O, s:s, s:s?, s:b}", "id", id, "provider", provider,
-                         "name", json_object_get(b, "name"), "settings", settings_text, "secrets",
-                         sealed, "enabled", enabled ? json_is_true(enabled) : 1);
+    call->in = json_pack("{s:s, s:s, s:O, s:s, s:s?, s:b}", "id", id, "provider", provider, "name",
+                         json_object_get(b, "name"), "settings", settings_text, "secrets", sealed,
+                         "enabled", enabled ? json_is_true(enabled) : 1);
     free(settings_text);
     free(sealed);
     json_decref(empty);
@@ -402,8 +400,7 @@ static void then_listed(struct sbh_call *call, int rc)
         return sbh_call_db_error(call, rc);
     size_t limit = (size_t)json_integer_value(json_object_get(call->in, "limit")), i;
     json_t *items = json_array(), *row, *next = json_null();
-    json_array_foreach(call->out, i, row)
-    {
+    json_array_foreach (call->out, i, row) {
         if (i == limit) {
             json_decref(next);
             next = json_copy(json_object_get(json_array_get(call->out, i - 1), "id"));
@@ -456,8 +453,7 @@ static void merge_patch(json_t *target, const json_t *patch)
 {
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)patch, key, v)
-    {
+    json_object_foreach ((json_t *)patch, key, v) {
         if (json_is_null(v))
             json_object_del(target, key);
         else
@@ -469,8 +465,7 @@ static void then_patch_loaded(struct sbh_call *call, int rc)
 {
     if (rc == SBH_DB_NOTFOUND && sbh_registry_instance_status(call->d->reg, call->id))
         return sbh_call_error(call, 409, "config_managed", NULL,
-                              "instance %s is defined in the config file; edit it there",
-                              call->id);
+                              "instance %s is defined in the config file; edit it there", call->id);
     if (rc != SBH_DB_OK)
         return sbh_call_db_error(call, rc);
     json_t *row = call->out, *b = call->body;
@@ -493,12 +488,12 @@ static void then_patch_loaded(struct sbh_call *call, int rc)
     json_t *name = json_object_get(b, "name"), *enabled = json_object_get(b, "enabled");
     char *settings_text = json_dumps(settings, JSON_COMPACT);
     char *sealed = seal_secrets(call->d->ring, call->id, secrets);
-    json_t *in = json_pack(
-        "{s:s, s:O, s:s, s:s?, s:b, s:O}", "id", call->id, "name",
-        name ? name : json_object_get(row, "name"), "settings", settings_text, "secrets", sealed,
-        "enabled",
-        enabled ? json_is_true(enabled) : json_integer_value(json_object_get(row, "enabled")) != 0,
-        "version", json_object_get(row, "version"));
+    json_t *in = json_pack("{s:s, s:O, s:s, s:s?, s:b, s:O}", "id", call->id, "name",
+                           name ? name : json_object_get(row, "name"), "settings", settings_text,
+                           "secrets", sealed, "enabled",
+                           enabled ? json_is_true(enabled)
+                                   : json_integer_value(json_object_get(row, "enabled")) != 0,
+                           "version", json_object_get(row, "version"));
     free(settings_text);
     free(sealed);
     json_decref(settings);
@@ -566,8 +561,12 @@ static void then_enabled(struct sbh_call *call, int rc)
 static void control_instance(struct sbh_call *call, const char *action)
 {
     if (!strcmp(action, "restart")) {
-        if (sbh_registry_instance_control(call->d->reg, call->id, 1, 1) < 0)
-            return sbh_call_error(call, 404, "not_found", NULL, "no such running instance");
+        int rc = sbh_registry_instance_control(call->d->reg, call->id, 1, 1);
+        if (rc == -2)
+            return sbh_call_error(call, 409, "instance_stopped", NULL,
+                                  "instance %s is stopped; start it instead", call->id);
+        if (rc < 0)
+            return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
         return reply_status(call);
     }
     call->in = json_pack("{s:s, s:b}", "id", call->id, "enabled", !strcmp(action, "start"));
@@ -617,10 +616,10 @@ int sbh_api_load_instances(struct sbh_daemon *d, MYSQL *conn, char *why, size_t 
         snprintf(why, why_len, "cannot read instances: %s", mysql_error(conn));
         return -1;
     }
-    json_array_foreach(rows, i, row)
-    {
+    json_array_foreach (rows, i, row) {
         const char *id = json_string_value(json_object_get(row, "id"));
-        json_t *secrets = open_secrets(d->ring, id, json_string_value(json_object_get(row, "secrets")));
+        json_t *secrets =
+            open_secrets(d->ring, id, json_string_value(json_object_get(row, "secrets")));
         json_t *settings = json_loads(json_string_value(json_object_get(row, "settings")), 0, NULL);
         if (secrets && settings) {
             sbh_registry_instance_put(d->reg, id,

@@ -47,8 +47,8 @@ static int work_create(MYSQL *conn, struct sbh_call *call)
 
 static int work_list(MYSQL *conn, struct sbh_call *call)
 {
-    return sbh_db_query(conn, &call->out, "SELECT " KEY_COLUMNS " FROM api_keys ORDER BY created_at",
-                        "");
+    return sbh_db_query(conn, &call->out,
+                        "SELECT " KEY_COLUMNS " FROM api_keys ORDER BY created_at", "");
 }
 
 static int work_revoke(MYSQL *conn, struct sbh_call *call)
@@ -64,14 +64,13 @@ static int work_revoke(MYSQL *conn, struct sbh_call *call)
 /* What the API shows of a key: never the hash. */
 static json_t *key_doc(const json_t *row)
 {
-    json_t *ids = json_loads(json_string_value(json_object_get(row, "instance_ids")) ?: "null", 0,
-                             NULL);
-    return json_pack("{s:O, s:O, s:O, s:O, s:o, s:O, s:O}", "id", json_object_get(row, "id"),
-                     "prefix", json_object_get(row, "prefix"), "label",
-                     json_object_get(row, "label"), "role", json_object_get(row, "role"),
-                     "instance_ids", ids ? ids : json_null(), "created_at",
-                     json_object_get(row, "created_at"), "revoked_at",
-                     json_object_get(row, "revoked_at"));
+    json_t *ids =
+        json_loads(json_string_value(json_object_get(row, "instance_ids")) ?: "null", 0, NULL);
+    return json_pack(
+        "{s:O, s:O, s:O, s:O, s:o, s:O, s:O}", "id", json_object_get(row, "id"), "prefix",
+        json_object_get(row, "prefix"), "label", json_object_get(row, "label"), "role",
+        json_object_get(row, "role"), "instance_ids", ids ? ids : json_null(), "created_at",
+        json_object_get(row, "created_at"), "revoked_at", json_object_get(row, "revoked_at"));
 }
 
 static void then_created(struct sbh_call *call, int rc)
@@ -81,8 +80,8 @@ static void then_created(struct sbh_call *call, int rc)
     sbh_auth_put(call->d->auth, call->out);
     json_t *doc = key_doc(call->out);
     json_object_set(doc, "key", json_object_get(call->in, "key"));
-    sbh_log(SB_LOG_INFO, "api", NULL, NULL, "API key %s (%s) created by key %s",
-            in_str(call, "id"), in_str(call, "role"), call->who.key_id);
+    sbh_log(SB_LOG_INFO, "api", NULL, NULL, "API key %s (%s) created by key %s", in_str(call, "id"),
+            in_str(call, "role"), call->who.key_id);
     sbh_call_reply(call, 201, doc);
 }
 
@@ -103,8 +102,7 @@ static json_t *new_key_row(const char *label, const char *role, const char *inst
         return NULL;
     make_key_id(id, sizeof(id));
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?}", "id", id, "prefix", prefix, "hash",
-                     hash, "key", key, "label", label, "role", role, "instance_ids",
-                     instance_ids);
+                     hash, "key", key, "label", label, "role", role, "instance_ids", instance_ids);
 }
 
 static void create_key(struct sbh_call *call)
@@ -128,10 +126,10 @@ static void create_key(struct sbh_call *call)
     if (!strcmp(role, "admin") && ids)
         return sbh_call_error(call, 400, "invalid_field", "instance_ids",
                               "an admin key is not scoped to instances");
-    json_array_foreach(ids, i, v)
-    if (!json_is_string(v))
-        return sbh_call_error(call, 400, "invalid_field", "instance_ids",
-                              "instance ids must be strings");
+    json_array_foreach (ids, i, v)
+        if (!json_is_string(v))
+            return sbh_call_error(call, 400, "invalid_field", "instance_ids",
+                                  "instance ids must be strings");
     char *ids_text = ids ? json_dumps(ids, JSON_COMPACT) : NULL;
     call->in = new_key_row(label, role, ids_text);
     free(ids_text);
@@ -146,8 +144,8 @@ static void then_listed(struct sbh_call *call, int rc)
         return sbh_call_db_error(call, rc);
     json_t *keys = json_array(), *row;
     size_t i;
-    json_array_foreach(call->out, i, row)
-    json_array_append_new(keys, key_doc(row));
+    json_array_foreach (call->out, i, row)
+        json_array_append_new(keys, key_doc(row));
     sbh_call_reply(call, 200, json_pack("{s:o}", "keys", keys));
 }
 

@@ -44,17 +44,17 @@ void sbh_auth_load(struct sbh_auth *a, const json_t *rows)
     size_t i;
     json_t *row;
     json_object_clear(a->by_prefix);
-    json_array_foreach(rows, i, row)
-    sbh_auth_put(a, row);
+    json_array_foreach (rows, i, row)
+        sbh_auth_put(a, row);
 }
 
 void sbh_auth_revoke(struct sbh_auth *a, const char *id)
 {
     const char *prefix;
     json_t *row;
-    json_object_foreach(a->by_prefix, prefix, row)
-    if (!strcmp(json_string_value(json_object_get(row, "id")), id))
-        json_object_set_new(row, "revoked_at", json_string("now"));
+    json_object_foreach (a->by_prefix, prefix, row)
+        if (!strcmp(json_string_value(json_object_get(row, "id")), id))
+            json_object_set_new(row, "revoked_at", json_string("now"));
 }
 
 size_t sbh_auth_count(const struct sbh_auth *a)
@@ -110,8 +110,7 @@ int sbh_auth_check(const struct sbh_auth *a, const char *authorization, struct s
     }
     const char *role = json_string_value(json_object_get(row, "role"));
     who->admin = role && !strcmp(role, "admin");
-    snprintf(who->key_id, sizeof(who->key_id), "%s",
-             json_string_value(json_object_get(row, "id")));
+    snprintf(who->key_id, sizeof(who->key_id), "%s", json_string_value(json_object_get(row, "id")));
     who->instance_ids = who->admin ? NULL : scoped_ids(row);
     return 0;
 }
@@ -128,8 +127,8 @@ int sbh_principal_allows(const struct sbh_principal *who, const char *instance_i
     json_t *v;
     if (who->admin)
         return 1;
-    json_array_foreach(who->instance_ids, i, v)
-    if (json_is_string(v) && !strcmp(json_string_value(v), instance_id))
-        return 1;
+    json_array_foreach (who->instance_ids, i, v)
+        if (json_is_string(v) && !strcmp(json_string_value(v), instance_id))
+            return 1;
     return 0;
 }

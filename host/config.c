@@ -355,8 +355,7 @@ static int build_plugins(struct sbh_config *cfg, const struct sources *srcs,
         return -1;
     const char *name;
     json_t *p;
-    json_object_foreach(plugins, name, p)
-    {
+    json_object_foreach (plugins, name, p) {
         const char *path[] = {"plugins", name, "file"};
         if (!valid_name(name, 0)) {
             locate_merged(srcs, path, 2, name, err, "plugin name must match [a-z0-9-]+");
@@ -370,9 +369,8 @@ static int build_plugins(struct sbh_config *cfg, const struct sources *srcs,
         pc->enabled = bool_or(p, "enabled", 1);
         pc->file = resolve_path(cfg->plugin_dir, str_or(p, "file", deflt_file));
         pc->webhook_path = strdup(str_or(p, "webhook_path", deflt_hook));
-        pc->isolation = !strcmp(str_or(p, "isolation", "inproc"), "process")
-                            ? SBH_ISOLATION_PROCESS
-                            : SBH_ISOLATION_INPROC;
+        pc->isolation = !strcmp(str_or(p, "isolation", "inproc"), "process") ? SBH_ISOLATION_PROCESS
+                                                                             : SBH_ISOLATION_INPROC;
         json_t *conf = json_object_get(p, "config");
         pc->config = conf ? json_incref(conf) : json_object();
 
@@ -420,8 +418,7 @@ static int build_instances(struct sbh_config *cfg, const struct sources *srcs,
         return -1;
     const char *id;
     json_t *v;
-    json_object_foreach(insts, id, v)
-    {
+    json_object_foreach (insts, id, v) {
         const char *path[] = {"instances", id, "provider"};
         if (!valid_name(id, 1)) {
             locate_merged(srcs, path, 2, id, err, "instance id must match [A-Za-z0-9._-]+");

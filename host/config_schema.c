@@ -24,12 +24,9 @@ static const struct field listen_fields[] = {
     {NULL, 0, NULL, 0, 0, NULL},
 };
 static const struct field plugin_fields[] = {
-    {"enabled", F_BOOL, NULL, 0, 0, NULL},
-    {"file", F_STRING, NULL, 0, 0, NULL},
-    {"webhook_path", F_STRING, NULL, 0, 0, NULL},
-    {"isolation", F_STRING, NULL, 0, 0, isolations},
-    {"config", F_OBJECT, NULL, 0, 0, NULL},
-    {NULL, 0, NULL, 0, 0, NULL},
+    {"enabled", F_BOOL, NULL, 0, 0, NULL},        {"file", F_STRING, NULL, 0, 0, NULL},
+    {"webhook_path", F_STRING, NULL, 0, 0, NULL}, {"isolation", F_STRING, NULL, 0, 0, isolations},
+    {"config", F_OBJECT, NULL, 0, 0, NULL},       {NULL, 0, NULL, 0, 0, NULL},
 };
 static const struct field instance_fields[] = {
     {"provider", F_STRING, NULL, 0, 0, NULL},
@@ -52,8 +49,8 @@ static const struct field top_fields[] = {
     {NULL, 0, NULL, 0, 0, NULL},
 };
 
-static const char *const type_names[] = {"a string", "an integer", "true or false",
-                                         "an object", "an object", "an object"};
+static const char *const type_names[] = {"a string",  "an integer", "true or false",
+                                         "an object", "an object",  "an object"};
 
 static int fail(struct sbh_schema_error *err, const char *fmt, const char *arg)
 {
@@ -102,8 +99,7 @@ static int check_value(json_t *v, const struct field *f, struct sbh_schema_error
     if (f->type == F_MAP) {
         const char *key;
         json_t *item;
-        json_object_foreach(v, key, item)
-        {
+        json_object_foreach (v, key, item) {
             if (err->depth >= SBH_SCHEMA_MAX_DEPTH)
                 return fail(err, "%s", "nested too deep");
             err->path[err->depth++] = (char *)key;
@@ -121,8 +117,7 @@ static int check_struct(json_t *obj, const struct field *fields, struct sbh_sche
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v)
-    {
+    json_object_foreach (obj, key, v) {
         const struct field *f = fields;
         while (f->key && strcmp(f->key, key) != 0)
             f++;

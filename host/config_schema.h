@@ -11,7 +11,7 @@
 struct sbh_schema_error {
     char *path[SBH_SCHEMA_MAX_DEPTH]; /* keys leading to the bad one; borrowed from the doc */
     size_t depth;
-    char key[256];    /* dotted path, e.g. "plugins.echo.enabled" */
+    char key[256]; /* dotted path, e.g. "plugins.echo.enabled" */
     char reason[256];
 };
 

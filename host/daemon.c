@@ -238,7 +238,7 @@ static void declare_counters(void)
     for (size_t i = 0; i < sizeof(results) / sizeof(results[0]); i++)
         sbh_metrics_add(results[i][0],
                         i < 2 ? "Config reloads by result" : "Plugin generations swapped in place",
-                        0, "result", results[i][1], NULL);
+                        0, "result", results[i][1], SBH_END);
 }
 
 int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_config_overrides *ov,

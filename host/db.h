@@ -17,10 +17,10 @@
 #define SBH_DB_ERROR (-1)       /* the statement failed (constraint, bad data) */
 #define SBH_DB_UNAVAILABLE (-2) /* no connection to the server: answer 503 */
 #define SBH_DB_NOTFOUND (-3)
-#define SBH_DB_CONFLICT (-4)    /* duplicate key */
+#define SBH_DB_CONFLICT (-4) /* duplicate key */
 
 struct sbh_db_params {
-    char *host;   /* NULL with a socket */
+    char *host; /* NULL with a socket */
     unsigned port;
     char *socket; /* unix socket path, or NULL */
     char *user;
@@ -48,8 +48,8 @@ int sbh_db_error_is_connection(unsigned err);
 
 struct sbh_db;
 
-typedef int (*sbh_db_work_fn)(MYSQL *conn, void *arg);    /* worker thread */
-typedef void (*sbh_db_done_fn)(void *arg, int result);     /* loop thread */
+typedef int (*sbh_db_work_fn)(MYSQL *conn, void *arg); /* worker thread */
+typedef void (*sbh_db_done_fn)(void *arg, int result); /* loop thread */
 
 /*
  * Pool of `workers` threads for params (copied). Connections are made lazily
@@ -84,8 +84,7 @@ void sbh_db_free(struct sbh_db *db);
  * SBH_DB_UNAVAILABLE). Pass exactly those C types: write (const char *)NULL,
  * (long long)n and (size_t)len, since varargs do not convert.
  */
-int sbh_db_exec(MYSQL *conn, unsigned long long *affected, const char *sql, const char *types,
-                ...);
+int sbh_db_exec(MYSQL *conn, unsigned long long *affected, const char *sql, const char *types, ...);
 
 /*
  * sbh_db_query: like sbh_db_exec, then fetch every row into a new JSON array

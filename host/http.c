@@ -55,8 +55,8 @@ static void serve_metrics(struct sbh_daemon *d, struct evhttp_request *req)
                       (double)sbh_registry_pending(d->reg));
     sbh_metrics_gauge(out, "switchboard_database_up", "1 when the database answers",
                       d->db && sbh_db_available(d->db) ? 1 : 0);
-    sbh_metrics_gauge(out, "switchboard_api_requests_in_flight", "API requests awaiting the database",
-                      (double)d->api_inflight);
+    sbh_metrics_gauge(out, "switchboard_api_requests_in_flight",
+                      "API requests awaiting the database", (double)d->api_inflight);
     sbh_metrics_render(out);
     size_t len = evbuffer_get_length(out);
     sbh_respond(req, "/metrics", 200, "text/plain; version=0.0.4; charset=utf-8",
@@ -108,15 +108,16 @@ int sbh_http_setup(struct sbh_daemon *d)
     evhttp_set_gencb(d->http, on_request, d);
     evhttp_set_max_body_size(d->http, SBH_MAX_BODY);
     evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+                                            EVHTTP_REQ_OPTIONS);
     evhttp_set_timeout(d->http, 60);
     return 0;
 }
 
 struct evhttp_bound_socket *sbh_http_bind(struct sbh_daemon *d, const char *address, int port)
 {
-    struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(d->http, address, (ev_uint16_t)port);
+    struct evhttp_bound_socket *s =
+        evhttp_bind_socket_with_handle(d->http, address, (ev_uint16_t)port);
     if (!s) {
         json_t *fields = json_pack("{s:s, s:i, s:s}", "address", address, "port", port, "reason",
                                    strerror(errno));

@@ -145,8 +145,7 @@ static int values_equal(const json_t *a, const json_t *b)
         json_t *val;
         if (json_object_size(a) != json_object_size(b))
             return 0;
-        json_object_foreach((json_t *)a, key, val)
-        {
+        json_object_foreach ((json_t *)a, key, val) {
             const json_t *other = json_object_get(b, key);
             if (!other || !values_equal(val, other))
                 return 0;
@@ -246,8 +245,7 @@ static int check_type_keyword(struct ctx *c, const json_t *type)
         return 0;
     if (!json_is_array(type) || !json_array_size(type))
         return bad_schema(c, "\"type\" must be a type name or an array of them");
-    json_array_foreach(type, i, t)
-    {
+    json_array_foreach (type, i, t) {
         if (type_index(t) < 0)
             return bad_schema(c, "\"type\" must be a type name or an array of them");
     }
@@ -308,8 +306,7 @@ static int check_required_keyword(struct ctx *c, const json_t *req)
     const json_t *name;
     if (!json_is_array(req))
         return bad_schema(c, "\"required\" must be an array of strings");
-    json_array_foreach(req, i, name)
-    {
+    json_array_foreach (req, i, name) {
         if (!json_is_string(name))
             return bad_schema(c, "\"required\" must be an array of strings");
     }
@@ -335,8 +332,7 @@ static int check_schema(struct ctx *c, const json_t *s)
         return rc;
     if ((kw = json_object_get(s, "properties")) && !json_is_object(kw))
         return bad_schema(c, "\"properties\" must be an object of schemas");
-    json_object_foreach((json_t *)kw, key, sub)
-    {
+    json_object_foreach ((json_t *)kw, key, sub) {
         if ((rc = check_sub(c, "properties", key, sub)))
             return rc;
     }
@@ -372,13 +368,11 @@ static int check_enum(struct ctx *c, const json_t *values, const json_t *doc)
     char list[200] = "";
     size_t i, off = 0;
     const json_t *value;
-    json_array_foreach(values, i, value)
-    {
+    json_array_foreach (values, i, value) {
         if (values_equal(value, doc))
             return 0;
     }
-    json_array_foreach(values, i, value)
-    {
+    json_array_foreach (values, i, value) {
         append_json(list, sizeof(list), &off, i ? ", " : "", value);
     }
     return fail(c, "must be one of %s", list);
@@ -468,8 +462,7 @@ static int check_object(struct ctx *c, const json_t *s, const json_t *doc)
     const char *key;
     json_t *value;
     size_t i;
-    json_array_foreach(json_object_get(s, "required"), i, name)
-    {
+    json_array_foreach (json_object_get(s, "required"), i, name) {
         if (json_object_get(doc, json_string_value(name)))
             continue;
         size_t old = push_key(c, json_string_value(name));
@@ -477,8 +470,7 @@ static int check_object(struct ctx *c, const json_t *s, const json_t *doc)
         pop(c, old);
         return 1;
     }
-    json_object_foreach((json_t *)doc, key, value)
-    {
+    json_object_foreach ((json_t *)doc, key, value) {
         const json_t *sub = json_object_get(props, key);
         if (!sub)
             sub = extra;
@@ -561,8 +553,7 @@ json_t *sbh_jsonschema_secret_fields(const json_t *schema)
     const char *key;
     if (!names || !json_is_object(props))
         return names;
-    json_object_foreach((json_t *)props, key, sub)
-    {
+    json_object_foreach ((json_t *)props, key, sub) {
         if (json_is_true(json_object_get(sub, "writeOnly")) &&
             json_array_append_new(names, json_string(key)) < 0) {
             json_decref(names);

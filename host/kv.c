@@ -63,15 +63,15 @@ int sbh_kv_load(struct sbh_kv *kv, MYSQL *conn)
     if (sbh_db_query(conn, &rows, "SELECT instance_id, k, v, seq FROM instance_kv", "") !=
         SBH_DB_OK)
         return -1;
-    json_array_foreach(rows, i, row)
-    {
+    json_array_foreach (rows, i, row) {
         const char *inst = json_string_value(json_object_get(row, "instance_id"));
         json_t *per = json_object_get(kv->values, inst);
         if (!per) {
             per = json_object();
             json_object_set_new(kv->values, inst, per);
         }
-        json_object_set(per, json_string_value(json_object_get(row, "k")), json_object_get(row, "v"));
+        json_object_set(per, json_string_value(json_object_get(row, "k")),
+                        json_object_get(row, "v"));
         long long seq = json_integer_value(json_object_get(row, "seq"));
         if (seq > kv->last_seq)
             kv->last_seq = seq;
@@ -152,7 +152,8 @@ static void submit(struct sbh_kv *kv, const char *instance, const char *key, con
         return;
     *j = (struct write_job){kv, strdup(instance), strdup(key), strdup(value), seq};
     kv->in_flight++;
-    if (!j->instance || !j->key || !j->value || sbh_db_submit(kv->db, work_write, done_write, j) < 0)
+    if (!j->instance || !j->key || !j->value ||
+        sbh_db_submit(kv->db, work_write, done_write, j) < 0)
         done_write(j, SBH_DB_UNAVAILABLE);
 }
 
@@ -162,11 +163,11 @@ static void flush(struct sbh_kv *kv)
     const char *slot;
     json_t *w;
     kv->unsaved = json_object();
-    json_object_foreach(batch, slot, w)
-    submit(kv, json_string_value(json_object_get(w, "instance")),
-           json_string_value(json_object_get(w, "key")),
-           json_string_value(json_object_get(w, "value")),
-           json_integer_value(json_object_get(w, "seq")));
+    json_object_foreach (batch, slot, w)
+        submit(kv, json_string_value(json_object_get(w, "instance")),
+               json_string_value(json_object_get(w, "key")),
+               json_string_value(json_object_get(w, "value")),
+               json_integer_value(json_object_get(w, "seq")));
     json_decref(batch);
 }
 
@@ -177,8 +178,7 @@ void sbh_kv_attach(struct sbh_kv *kv, struct sbh_db *db)
 
 int sbh_kv_set(struct sbh_kv *kv, const char *instance, const char *key, const char *value)
 {
-    if (!instance || !key || !value || !*key || strlen(key) > MAX_KEY ||
-        strlen(value) > MAX_VALUE)
+    if (!instance || !key || !value || !*key || strlen(key) > MAX_KEY || strlen(value) > MAX_VALUE)
         return SB_EINVAL;
     json_t *v = json_string(value);
     if (!v)

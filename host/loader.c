@@ -88,8 +88,9 @@ static int check_desc(const sb_plugin_desc *d, const char *expect_name, char *wh
         return -1;
     }
     if (!d->init || !d->shutdown || !d->instance_start || !d->instance_stop) {
-        snprintf(why, why_len, "descriptor lacks a required callback (init, shutdown, "
-                               "instance_start, instance_stop)");
+        snprintf(why, why_len,
+                 "descriptor lacks a required callback (init, shutdown, "
+                 "instance_start, instance_stop)");
         return -1;
     }
     if (expect_name && strcmp(d->name, expect_name) != 0) {

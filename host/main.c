@@ -56,8 +56,8 @@ static int check_config(const char *path, const struct sbh_config_overrides *ov)
     return 0;
 }
 
-static int run_command(const char *command, const char *path,
-                       const struct sbh_config_overrides *ov, int status)
+static int run_command(const char *command, const char *path, const struct sbh_config_overrides *ov,
+                       int status)
 {
     struct sbh_config_error err;
     struct sbh_config *cfg = sbh_config_load(path, ov, environ, &err);

@@ -187,7 +187,7 @@ void sbh_metrics_http(const char *route, int status)
         }
     char code[16], labels[512];
     snprintf(code, sizeof(code), "%d", status);
-    labels_of(labels, sizeof(labels), "route", route, "status", code, NULL);
+    labels_of(labels, sizeof(labels), "route", route, "status", code, SBH_END);
     struct counter *c = counter_get("switchboard_http_requests_total",
                                     "HTTP requests answered, by route and status", labels);
     if (!c)

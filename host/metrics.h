@@ -7,6 +7,9 @@
 
 #include <event2/buffer.h>
 
+/* Ends a label list: a typed NULL, as variadic functions need. */
+#define SBH_END ((const char *)NULL)
+
 /* Add delta to name{labels}. labels is NULL or pairs "k1", "v1", ..., NULL
  * (values are escaped here). help is used the first time the name appears. */
 void sbh_metrics_add(const char *name, const char *help, double delta, ...)

@@ -216,7 +216,8 @@ static int plan_load(struct plan *p, const char *root, char *why, size_t why_len
     closedir(d);
     if (rc < 0)
         return -1;
-    qsort(p->m, p->n, sizeof(*p->m), migration_cmp);
+    if (p->n > 1)
+        qsort(p->m, p->n, sizeof(*p->m), migration_cmp);
     for (size_t i = 1; i < p->n; i++)
         if (!strcmp(p->m[i].component, p->m[i - 1].component) &&
             p->m[i].version == p->m[i - 1].version) {
@@ -260,8 +261,7 @@ static int plan_mark_recorded(struct plan *p, MYSQL *conn, char *why, size_t why
         snprintf(why, why_len, "cannot read schema_migrations: %s", mysql_error(conn));
         return -1;
     }
-    json_array_foreach(rows, i, row)
-    {
+    json_array_foreach (rows, i, row) {
         const char *comp = json_string_value(json_object_get(row, "component"));
         struct migration *m =
             comp ? plan_find(p, comp, (int)json_integer_value(json_object_get(row, "version")))

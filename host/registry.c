@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static const char *const cap_names[] = {"media",   "buttons", "threads", "edits",
+static const char *const cap_names[] = {"media",     "buttons", "threads", "edits",
                                         "reactions", "webhook", "polling", "process-only"};
 
 static void check_swaps(evutil_socket_t fd, short what, void *arg);
@@ -92,10 +92,10 @@ static struct sb_plugin *gen_load(struct sbh_registry *reg, struct sbh_slot *slo
         return NULL;
     }
     gen->initialised = 1;
-    sbh_log_fields(SB_LOG_INFO, "plugins", slot->name, NULL,
-                   json_pack("{s:s, s:i}", "version", gen->desc->version, "generation",
-                             (int)gen->generation),
-                   "plugin loaded");
+    sbh_log_fields(
+        SB_LOG_INFO, "plugins", slot->name, NULL,
+        json_pack("{s:s, s:i}", "version", gen->desc->version, "generation", (int)gen->generation),
+        "plugin loaded");
     return gen;
 }
 
@@ -167,25 +167,25 @@ static void instance_free(struct sb_instance *inst)
 static struct sb_instance *instance_find(struct sbh_slot *slot, const char *id)
 {
     struct sb_instance *inst;
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    if (!strcmp(inst->id, id))
-        return inst;
+    TAILQ_FOREACH (inst, &slot->instances, link)
+        if (!strcmp(inst->id, id))
+            return inst;
     return NULL;
 }
 
 static void start_all(struct sbh_slot *slot)
 {
     struct sb_instance *inst;
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    if (!inst->gen && inst->enabled)
-        instance_start(inst, slot->cur);
+    TAILQ_FOREACH (inst, &slot->instances, link)
+        if (!inst->gen && inst->enabled)
+            instance_start(inst, slot->cur);
 }
 
 static void stop_all(struct sbh_slot *slot)
 {
     struct sb_instance *inst;
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    instance_stop(inst);
+    TAILQ_FOREACH (inst, &slot->instances, link)
+        instance_stop(inst);
 }
 
 /* ---- slots ---- */
@@ -193,9 +193,9 @@ static void stop_all(struct sbh_slot *slot)
 static struct sbh_slot *slot_find(struct sbh_registry *reg, const char *name)
 {
     struct sbh_slot *slot;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    if (!strcmp(slot->name, name))
-        return slot;
+    TAILQ_FOREACH (slot, &reg->slots, link)
+        if (!strcmp(slot->name, name))
+            return slot;
     return NULL;
 }
 
@@ -247,8 +247,8 @@ static size_t slot_pending(const struct sbh_slot *slot)
 {
     size_t n = 0;
     struct sb_instance *inst;
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    n += inst->n_pending;
+    TAILQ_FOREACH (inst, &slot->instances, link)
+        n += inst->n_pending;
     return n;
 }
 
@@ -261,8 +261,8 @@ static void finish_swap(struct sbh_slot *slot)
     stop_all(slot);
     sbh_log_fields(SB_LOG_INFO, "plugins", slot->name, NULL,
                    json_pack("{s:s, s:i, s:s, s:i}", "version", slot->next->desc->version,
-                             "generation", (int)slot->next->generation, "old_version",
-                             old_version, "old_generation", (int)old->generation),
+                             "generation", (int)slot->next->generation, "old_version", old_version,
+                             "old_generation", (int)old->generation),
                    "plugin swapped");
     gen_unload(old);
     slot->cur = slot->next;
@@ -270,7 +270,7 @@ static void finish_swap(struct sbh_slot *slot)
     slot->state = SBH_SLOT_RUNNING;
     event_del(slot->swap_timer);
     sbh_metrics_add("switchboard_plugin_swaps_total", "Plugin generations swapped in place", 1,
-                    "result", "ok", NULL);
+                    "result", "ok", SBH_END);
     start_all(slot);
     struct sb_reply *r;
     while ((r = TAILQ_FIRST(&slot->held)) != NULL) {
@@ -284,11 +284,11 @@ static void check_swaps(evutil_socket_t fd, short what, void *arg)
     struct sbh_registry *reg = arg;
     struct sbh_slot *slot;
     int finished = 0;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    if (slot->state == SBH_SLOT_SWAPPING && slot_pending(slot) == 0) {
-        finish_swap(slot);
-        finished = 1;
-    }
+    TAILQ_FOREACH (slot, &reg->slots, link)
+        if (slot->state == SBH_SLOT_SWAPPING && slot_pending(slot) == 0) {
+            finish_swap(slot);
+            finished = 1;
+        }
     if (finished && !sbh_registry_swapping(reg) && reg->swap_done)
         reg->swap_done(reg->swap_done_arg);
 }
@@ -300,11 +300,10 @@ static void swap_timeout(evutil_socket_t fd, short what, void *arg)
     struct sb_instance *inst;
     sbh_log(SB_LOG_WARN, "plugins", slot->name, NULL,
             "old generation did not drain in time; answering its requests with 503");
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    {
+    TAILQ_FOREACH (inst, &slot->instances, link) {
         struct sb_reply *r;
-        TAILQ_FOREACH(r, &inst->pending, link)
-        sbh_reply_abandon(r, "swap_timeout", "the provider was being replaced");
+        TAILQ_FOREACH (r, &inst->pending, link)
+            sbh_reply_abandon(r, "swap_timeout", "the provider was being replaced");
     }
     event_active(slot->reg->check_ev, EV_TIMEOUT, 0);
 }
@@ -333,9 +332,9 @@ static void begin_swap(struct sbh_slot *slot, struct sb_plugin *gen)
 int sbh_registry_swapping(const struct sbh_registry *reg)
 {
     const struct sbh_slot *slot;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    if (slot->state == SBH_SLOT_SWAPPING)
-        return 1;
+    TAILQ_FOREACH (slot, &reg->slots, link)
+        if (slot->state == SBH_SLOT_SWAPPING)
+            return 1;
     return 0;
 }
 
@@ -349,7 +348,7 @@ void sbh_registry_reply_done(struct sbh_registry *reg)
 
 struct prepared {
     const struct sbh_plugin_conf *pc;
-    struct sbh_slot *slot;     /* existing slot, or a new unlinked one */
+    struct sbh_slot *slot; /* existing slot, or a new unlinked one */
     struct sb_plugin *gen;
     int is_new;
     /* slot->file/plugin_config hold pc's values; the old ones are below */
@@ -394,7 +393,7 @@ static void refuse(struct sbh_slot *slot, const struct sbh_file_id *id, const ch
     json_t *fields = json_pack("{s:s, s:s}", "reason", why, "file", slot->file);
     sbh_log_fields(SB_LOG_ERROR, "plugins", slot->name, NULL, fields, "plugin refused");
     sbh_metrics_add("switchboard_plugin_swaps_total", "Plugin generations swapped in place", 1,
-                    "result", "refused", NULL);
+                    "result", "refused", SBH_END);
     slot->refused_id = *id;
     slot->has_refused = 1;
     if (slot->state == SBH_SLOT_FAILED)
@@ -485,8 +484,7 @@ static void place_dynamic(struct sbh_slot *slot)
 {
     const char *id;
     json_t *spec;
-    json_object_foreach(slot->reg->dynamic, id, spec)
-    {
+    json_object_foreach (slot->reg->dynamic, id, spec) {
         if (strcmp(json_string_value(json_object_get(spec, "provider")), slot->name) != 0)
             continue;
         json_t *settings = json_object_get(spec, "settings");
@@ -502,8 +500,7 @@ static void place_dynamic(struct sbh_slot *slot)
 static void sync_instances(struct sbh_slot *slot, const struct sbh_config *cfg)
 {
     struct sb_instance *inst, *tmp;
-    TAILQ_FOREACH_SAFE(inst, &slot->instances, link, tmp)
-    {
+    TAILQ_FOREACH_SAFE (inst, &slot->instances, link, tmp) {
         if (inst->dynamic)
             continue;
         const struct sbh_instance_conf *ic = sbh_config_instance(cfg, inst->id);
@@ -539,8 +536,7 @@ int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, c
     }
     /* Phase two: commit. Drop what is no longer wanted first. */
     struct sbh_slot *slot, *tmp;
-    TAILQ_FOREACH_SAFE(slot, &reg->slots, link, tmp)
-    {
+    TAILQ_FOREACH_SAFE (slot, &reg->slots, link, tmp) {
         const struct sbh_plugin_conf *pc = sbh_config_plugin(cfg, slot->name);
         if (pc && pc->enabled)
             continue;
@@ -560,8 +556,7 @@ int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, c
             begin_swap(prep[i].slot, prep[i].gen);
         }
     }
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    {
+    TAILQ_FOREACH (slot, &reg->slots, link) {
         const struct sbh_plugin_conf *pc = sbh_config_plugin(cfg, slot->name);
         if (strcmp(slot->webhook_path, pc->webhook_path) != 0) {
             free(slot->webhook_path);
@@ -580,8 +575,7 @@ int sbh_registry_webhook(struct sbh_registry *reg, struct evhttp_request *req, c
 {
     struct sbh_slot *slot;
     const char *rest = NULL;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    {
+    TAILQ_FOREACH (slot, &reg->slots, link) {
         size_t n = strlen(slot->webhook_path);
         if (!strncmp(path, slot->webhook_path, n) && path[n] == '/' && path[n + 1] &&
             path[n + 1] != '/') {
@@ -613,11 +607,10 @@ size_t sbh_registry_pending(const struct sbh_registry *reg)
     size_t n = 0;
     const struct sbh_slot *slot;
     const struct sb_reply *r;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    {
+    TAILQ_FOREACH (slot, &reg->slots, link) {
         n += slot_pending(slot);
-        TAILQ_FOREACH(r, &slot->held, link)
-        n++;
+        TAILQ_FOREACH (r, &slot->held, link)
+            n++;
     }
     return n;
 }
@@ -625,17 +618,16 @@ size_t sbh_registry_pending(const struct sbh_registry *reg)
 void sbh_registry_abort_pending(struct sbh_registry *reg)
 {
     struct sbh_slot *slot;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    {
+    TAILQ_FOREACH (slot, &reg->slots, link) {
         struct sb_instance *inst;
         struct sb_reply *r;
         while ((r = TAILQ_FIRST(&slot->held)) != NULL) {
             TAILQ_REMOVE(&slot->held, r, link);
             sbh_reply_error(r, 503, "shutting_down", "the daemon is shutting down");
         }
-        TAILQ_FOREACH(inst, &slot->instances, link)
-        TAILQ_FOREACH(r, &inst->pending, link)
-        sbh_reply_abandon(r, "shutting_down", "the daemon is shutting down");
+        TAILQ_FOREACH (inst, &slot->instances, link)
+            TAILQ_FOREACH (r, &inst->pending, link)
+                sbh_reply_abandon(r, "shutting_down", "the daemon is shutting down");
     }
 }
 
@@ -644,9 +636,12 @@ void sbh_registry_abort_pending(struct sbh_registry *reg)
 static const char *slot_state_name(const struct sbh_slot *slot)
 {
     switch (slot->state) {
-    case SBH_SLOT_RUNNING: return "running";
-    case SBH_SLOT_SWAPPING: return "swapping";
-    default: return "failed";
+    case SBH_SLOT_RUNNING:
+        return "running";
+    case SBH_SLOT_SWAPPING:
+        return "swapping";
+    default:
+        return "failed";
     }
 }
 
@@ -656,8 +651,8 @@ static json_t *slot_json(const struct sbh_slot *slot)
     json_t *o = json_pack("{s:s, s:s}", "name", slot->name, "state", slot_state_name(slot));
     json_t *caps = json_array(), *ids = json_array();
     const struct sb_instance *inst;
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    json_array_append_new(ids, json_string(inst->id));
+    TAILQ_FOREACH (inst, &slot->instances, link)
+        json_array_append_new(ids, json_string(inst->id));
     for (size_t i = 0; d && i < sizeof(cap_names) / sizeof(cap_names[0]); i++)
         if (d->capabilities & (1u << i))
             json_array_append_new(caps, json_string(cap_names[i]));
@@ -683,8 +678,8 @@ json_t *sbh_registry_providers(const struct sbh_registry *reg)
 {
     json_t *arr = json_array();
     const struct sbh_slot *slot;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    json_array_append_new(arr, slot_json(slot));
+    TAILQ_FOREACH (slot, &reg->slots, link)
+        json_array_append_new(arr, slot_json(slot));
     return arr;
 }
 
@@ -693,8 +688,7 @@ int sbh_registry_ready(const struct sbh_registry *reg, json_t **plugins)
     int ready = 1;
     const struct sbh_slot *slot;
     *plugins = json_object();
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    {
+    TAILQ_FOREACH (slot, &reg->slots, link) {
         json_object_set_new(*plugins, slot->name, json_string(slot_state_name(slot)));
         if (slot->state == SBH_SLOT_FAILED)
             ready = 0;
@@ -706,8 +700,8 @@ size_t sbh_registry_loaded(const struct sbh_registry *reg)
 {
     size_t n = 0;
     const struct sbh_slot *slot;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    n += slot->cur != NULL;
+    TAILQ_FOREACH (slot, &reg->slots, link)
+        n += slot->cur != NULL;
     return n;
 }
 
@@ -732,8 +726,7 @@ void sbh_registry_free(struct sbh_registry *reg)
 static struct sb_instance *instance_lookup(const struct sbh_registry *reg, const char *id)
 {
     struct sbh_slot *slot;
-    TAILQ_FOREACH(slot, &reg->slots, link)
-    {
+    TAILQ_FOREACH (slot, &reg->slots, link) {
         struct sb_instance *inst = instance_find(slot, id);
         if (inst)
             return inst;
@@ -783,6 +776,8 @@ int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int 
     struct sb_instance *inst = instance_lookup(reg, id);
     if (!inst)
         return -1;
+    if (start && stop && !inst->enabled)
+        return -2; /* a restart does not start what was stopped on purpose */
     if (stop)
         instance_stop(inst);
     inst->enabled = start || !stop;
@@ -794,26 +789,26 @@ int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int 
     return 0;
 }
 
-static const char *const conn_state_names[] = {"stopped",      "connecting", "qr", "connected",
-                                               "disconnected", "error"};
+static const char *const conn_state_names[] = {"stopped",   "connecting",   "qr",
+                                               "connected", "disconnected", "error"};
 
 json_t *sbh_registry_instance_status(const struct sbh_registry *reg, const char *id)
 {
     const struct sb_instance *inst = instance_lookup(reg, id);
     if (!inst)
         return NULL;
-    json_t *st = json_pack("{s:s, s:b, s:s, s:b, s:i}", "provider", inst->slot->name, "running",
-                           inst->gen != NULL, "state", conn_state_names[inst->conn_state],
-                           "config_managed", !inst->dynamic, "pending_webhooks",
-                           (int)inst->n_pending);
+    json_t *st =
+        json_pack("{s:s, s:b, s:s, s:b, s:i}", "provider", inst->slot->name, "running",
+                  inst->gen != NULL, "state", conn_state_names[inst->conn_state], "config_managed",
+                  !inst->dynamic, "pending_webhooks", (int)inst->n_pending);
     if (inst->detail)
         json_object_set_new(st, "detail", json_string(inst->detail));
     if (inst->gen) {
         json_object_set_new(st, "plugin_version", json_string(inst->gen->desc->version));
         json_object_set_new(st, "generation", json_integer(inst->gen->generation));
-        json_t *extra = inst->gen->desc->status ? inst->gen->desc->status((sb_instance *)inst,
-                                                                          inst->state)
-                                                : NULL;
+        json_t *extra = inst->gen->desc->status
+                            ? inst->gen->desc->status((sb_instance *)inst, inst->state)
+                            : NULL;
         if (extra)
             json_object_set_new(st, "provider_status", extra);
     }

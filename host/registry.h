@@ -81,8 +81,9 @@ size_t sbh_registry_loaded(const struct sbh_registry *reg);
 int sbh_registry_instance_put(struct sbh_registry *reg, const char *id, const char *provider,
                               json_t *settings, int enabled);
 void sbh_registry_instance_remove(struct sbh_registry *reg, const char *id);
-/* start: mark enabled and start; stop: stop and mark disabled; both: restart.
- * Works on config instances too (not persisted). -1 when unknown. */
+/* start: mark enabled and start; stop: stop and mark disabled; both: restart
+ * (-2 when the instance is disabled). Works on config instances too (not
+ * persisted). -1 when unknown. */
 int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int start, int stop);
 /* Runtime view of an instance (new reference), NULL when unknown. */
 json_t *sbh_registry_instance_status(const struct sbh_registry *reg, const char *id);

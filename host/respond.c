@@ -12,22 +12,38 @@
 static const char *reason_for(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return NULL;
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return NULL;
     }
 }
 
@@ -50,7 +66,8 @@ void sbh_respond_json(struct evhttp_request *req, const char *route, int status,
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(body);
     if (!text) {
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
         sbh_respond(req, route, 500, NULL, oom, sizeof(oom) - 1);
         return;
     }
@@ -59,8 +76,8 @@ void sbh_respond_json(struct evhttp_request *req, const char *route, int status,
     free(text);
 }
 
-void sbh_respond_error(struct evhttp_request *req, const char *route, int status,
-                       const char *code, const char *message, json_t *details)
+void sbh_respond_error(struct evhttp_request *req, const char *route, int status, const char *code,
+                       const char *message, json_t *details)
 {
     json_t *err = json_pack("{s:s, s:s, s:o}", "code", code, "message", message, "details",
                             details ? details : json_object());

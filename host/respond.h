@@ -18,7 +18,7 @@ void sbh_respond(struct evhttp_request *req, const char *route, int status,
 void sbh_respond_json(struct evhttp_request *req, const char *route, int status, json_t *body);
 
 /* Send the error shape; details (stolen) may be NULL. */
-void sbh_respond_error(struct evhttp_request *req, const char *route, int status,
-                       const char *code, const char *message, json_t *details);
+void sbh_respond_error(struct evhttp_request *req, const char *route, int status, const char *code,
+                       const char *message, json_t *details);
 
 #endif

@@ -46,6 +46,7 @@ struct sb_timer {
     int repeat;
     int firing;    /* inside fn: free after it returns */
     int cancelled; /* cancelled from inside its own fn */
+    int detached;  /* already off the lists: timer_fire frees it */
 };
 LIST_HEAD(sbh_timer_list, sb_timer);
 
@@ -55,8 +56,8 @@ struct sb_reply {
     struct sbh_registry *reg;
     struct evhttp_request *req; /* NULL once the client went away */
     struct sb_instance *inst;   /* set while the plugin holds it */
-    int abandoned; /* the host answered for the plugin, which still holds it */
-    char *route; /* metrics label */
+    int abandoned;              /* the host answered for the plugin, which still holds it */
+    char *route;                /* metrics label */
     char *instance_id;
     char *subpath; /* path after /webhook/<p>/<i>, "" when none */
     char *query;
@@ -144,11 +145,10 @@ void sbh_timers_cancel_gen(struct sb_plugin *gen);
 void sbh_timers_cancel_inst(struct sb_instance *inst);
 
 /* webhook.c */
-struct sb_reply *sbh_reply_new(struct sbh_slot *slot, struct evhttp_request *req,
-                               const char *rest);
+struct sb_reply *sbh_reply_new(struct sbh_slot *slot, struct evhttp_request *req, const char *rest);
 void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *reply);
-int sbh_reply_answer(struct sb_reply *reply, int status, const char *content_type,
-                     const void *body, size_t len);
+int sbh_reply_answer(struct sb_reply *reply, int status, const char *content_type, const void *body,
+                     size_t len);
 void sbh_reply_error(struct sb_reply *reply, int status, const char *code, const char *message);
 /*
  * Answer the client now for a plugin that is too slow (drain or swap bound),

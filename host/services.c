@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const state_names[] = {"stopped",      "connecting", "qr", "connected",
-                                          "disconnected", "error"};
+static const char *const state_names[] = {"stopped",   "connecting",   "qr",
+                                          "connected", "disconnected", "error"};
 
 static const char *gen_name(const struct sb_plugin *gen)
 {
@@ -56,8 +56,8 @@ static int svc_emit_event(sb_instance *inst, const char *type, json_t *payload)
         return SB_EINVAL;
     }
     struct sbh_registry *reg = inst->slot->reg;
-    sbh_metrics_add("switchboard_events_total", "Inbound events emitted by plugins", 1,
-                    "provider", inst->slot->name, "instance", inst->id, "type", type, NULL);
+    sbh_metrics_add("switchboard_events_total", "Inbound events emitted by plugins", 1, "provider",
+                    inst->slot->name, "instance", inst->id, "type", type, SBH_END);
     if (reg->sink) {
         reg->sink(reg->sink_arg, inst->slot->name, inst->id, type, payload);
         return SB_OK;
@@ -76,9 +76,18 @@ static int svc_reply(sb_reply *reply, int status, const char *content_type, cons
 
 static void timer_free(struct sb_timer *t)
 {
+    if (t->detached)
+        return; /* cancelled twice inside its callback */
     LIST_REMOVE(t, by_gen);
     if (t->inst)
         LIST_REMOVE(t, by_inst);
+    if (t->firing) {
+        /* Taken back from inside its own callback: timer_fire frees it. */
+        t->cancelled = 1;
+        t->detached = 1;
+        event_del(t->ev);
+        return;
+    }
     event_free(t->ev);
     free(t);
 }
@@ -89,8 +98,12 @@ static void timer_fire(evutil_socket_t fd, short what, void *arg)
     t->firing = 1;
     t->fn(t->arg);
     t->firing = 0;
-    if (!t->repeat || t->cancelled)
+    if (t->detached) {
+        event_free(t->ev);
+        free(t);
+    } else if (!t->repeat || t->cancelled) {
         timer_free(t);
+    }
 }
 
 static sb_timer *svc_timer_start(sb_plugin *self, sb_instance *inst, uint32_t ms, int repeat,
@@ -124,11 +137,6 @@ static void svc_timer_cancel(sb_timer *t)
 {
     if (!t)
         return;
-    if (t->firing) {
-        t->cancelled = 1;
-        event_del(t->ev);
-        return;
-    }
     timer_free(t);
 }
 
@@ -153,9 +161,7 @@ static sb_http_call *svc_http_request(sb_plugin *self, sb_instance *inst,
     return NULL;
 }
 
-static void svc_http_cancel(sb_http_call *call)
-{
-}
+static void svc_http_cancel(sb_http_call *call) {}
 
 static sb_ws *svc_ws_connect(sb_plugin *self, sb_instance *inst, const char *url,
                              const sb_header *headers, size_t n_headers, sb_ws_fn fn, void *arg)
@@ -168,9 +174,7 @@ static int svc_ws_send(sb_ws *ws, int binary, const void *data, size_t len)
     return SB_ENOTAVAIL;
 }
 
-static void svc_ws_close(sb_ws *ws, int code, const char *reason)
-{
-}
+static void svc_ws_close(sb_ws *ws, int code, const char *reason) {}
 
 static int svc_kv_get(sb_instance *inst, const char *key, char **value)
 {
@@ -205,7 +209,7 @@ static void svc_metric_add(sb_plugin *self, sb_instance *inst, const char *name,
         return;
     snprintf(full, sizeof(full), "switchboard_plugin_%s_total", name);
     sbh_metrics_add(full, "Counter reported by a plugin", delta, "provider", gen_name(self),
-                    "instance", inst ? inst->id : "", NULL);
+                    "instance", inst ? inst->id : "", SBH_END);
 }
 
 static sb_plugin *svc_instance_plugin(sb_instance *inst)

@@ -55,8 +55,8 @@ static int locate_db(const struct sbh_config *cfg, struct sbh_mariadb *m, struct
     /* A running daemon's embedded server serves the commands too. */
     char sock[4096];
     snprintf(sock, sizeof(sock), "%s/mariadb/mysqld.sock", cfg->state_dir);
-    struct sbh_db_params probe = {.socket = sock, .user = "root", .password = "",
-                                  .database = "switchboard"};
+    struct sbh_db_params probe = {
+        .socket = sock, .user = "root", .password = "", .database = "switchboard"};
     char ignored[256];
     MYSQL *conn = access(sock, F_OK) == 0 ? sbh_db_connect(&probe, ignored, sizeof(ignored)) : NULL;
     if (conn) {
@@ -279,7 +279,7 @@ static void command_close(MYSQL *conn, struct sbh_mariadb *m, struct sbh_db_para
 int sbh_cmd_migrate(const struct sbh_config *cfg, int status_only)
 {
     char why[1024];
-    struct sbh_mariadb m;
+    struct sbh_mariadb m = {0};
     struct sbh_db_params p = {0};
     MYSQL *conn = command_connect(cfg, &m, &p, why, sizeof(why));
     int rc = 1;
@@ -311,8 +311,7 @@ static int reseal_table(MYSQL *conn, const struct sbh_keyring *ring, const char 
         snprintf(why, why_len, "%s", mysql_error(conn));
         return -1;
     }
-    json_array_foreach(rows, i, row)
-    {
+    json_array_foreach (rows, i, row) {
         const char *id = json_string_value(json_object_get(row, "id"));
         const char *sealed = json_string_value(json_object_get(row, "secret"));
         char key_id[64];
@@ -344,21 +343,23 @@ static int reseal_table(MYSQL *conn, const struct sbh_keyring *ring, const char 
 int sbh_cmd_rotate_key(const struct sbh_config *cfg)
 {
     char why[1024] = "", new_id[64];
-    struct sbh_mariadb m;
+    struct sbh_mariadb m = {0};
     struct sbh_db_params p = {0};
     struct sbh_keyring *ring = NULL;
     MYSQL *conn = NULL;
     int rc = 1, count = 0;
     if (getenv("SWITCHBOARD_MASTER_KEY")) {
-        snprintf(why, sizeof(why), "the master key comes from SWITCHBOARD_MASTER_KEY; rotate it "
-                                   "where it is kept, not with this command");
+        snprintf(why, sizeof(why),
+                 "the master key comes from SWITCHBOARD_MASTER_KEY; rotate it "
+                 "where it is kept, not with this command");
         goto out;
     }
     conn = command_connect(cfg, &m, &p, why, sizeof(why));
     if (!conn)
         goto out;
     /* The new key goes in front; the running daemon reloads the file and reads both. */
-    if (sbh_keyring_file_add_key(cfg->master_key_file, new_id, sizeof(new_id), why, sizeof(why)) < 0)
+    if (sbh_keyring_file_add_key(cfg->master_key_file, new_id, sizeof(new_id), why, sizeof(why)) <
+        0)
         goto out;
     /* Give the daemon a moment to read the new key file, so what it seals from
      * now on uses the new key; then re-seal until a pass finds nothing old. */
@@ -372,7 +373,8 @@ int sbh_cmd_rotate_key(const struct sbh_config *cfg)
                          "SELECT id, secrets AS secret FROM instances WHERE secrets IS NOT NULL",
                          "UPDATE instances SET secrets = ? WHERE id = ? AND secrets = ?", &count,
                          why, sizeof(why)) < 0 ||
-            reseal_table(conn, ring, "SELECT id, secret FROM subscriptions WHERE secret IS NOT NULL",
+            reseal_table(conn, ring,
+                         "SELECT id, secret FROM subscriptions WHERE secret IS NOT NULL",
                          "UPDATE subscriptions SET secret = ? WHERE id = ? AND secret = ?", &count,
                          why, sizeof(why)) < 0)
             goto out;

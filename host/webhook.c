@@ -17,15 +17,24 @@
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
     switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
     }
     return "GET";
 }
@@ -57,13 +66,12 @@ static int copy_headers(struct sb_reply *r, struct evkeyvalq *in)
 {
     struct evkeyval *kv;
     size_t n = 0;
-    TAILQ_FOREACH(kv, in, next)
-    n++;
+    TAILQ_FOREACH (kv, in, next)
+        n++;
     r->headers = calloc(n ? n : 1, sizeof(*r->headers));
     if (!r->headers)
         return -1;
-    TAILQ_FOREACH(kv, in, next)
-    {
+    TAILQ_FOREACH (kv, in, next) {
         sb_header *h = &r->headers[r->n_headers++];
         h->name = strdup(kv->key);
         h->value = strdup(kv->value);
@@ -84,8 +92,7 @@ static int copy_body(struct sb_reply *r, struct evbuffer *in)
     return 0;
 }
 
-struct sb_reply *sbh_reply_new(struct sbh_slot *slot, struct evhttp_request *req,
-                               const char *rest)
+struct sb_reply *sbh_reply_new(struct sbh_slot *slot, struct evhttp_request *req, const char *rest)
 {
     struct sb_reply *r = calloc(1, sizeof(*r));
     if (!r)
@@ -174,9 +181,9 @@ void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *r)
         return;
     }
     struct sb_instance *inst;
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    if (!strcmp(inst->id, r->instance_id))
-        break;
+    TAILQ_FOREACH (inst, &slot->instances, link)
+        if (!strcmp(inst->id, r->instance_id))
+            break;
     if (!inst) {
         sbh_reply_error(r, 404, "instance_not_found", "no such instance for this provider");
         return;

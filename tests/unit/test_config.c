@@ -320,7 +320,8 @@ static void test_cli_beats_env_and_file(void)
 {
     struct sbh_config_error err;
     char *env[] = {"MULTI_PROVIDER_PORT=4000", NULL};
-    struct sbh_config_overrides ov = {.plugin_dir = "/cli/plugins", .state_dir = "/cli/state", .port = 5000};
+    struct sbh_config_overrides ov = {
+        .plugin_dir = "/cli/plugins", .state_dir = "/cli/state", .port = 5000};
     struct sbh_config *cfg = load_text(PORT_FILE, env, &ov, &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
     CU_ASSERT_EQUAL(cfg->port, 5000);

@@ -206,8 +206,7 @@ static json_t *provider(const char *name)
 {
     json_t *all = sbh_registry_providers(g_reg), *found = NULL, *p;
     size_t i;
-    json_array_foreach(all, i, p)
-    {
+    json_array_foreach (all, i, p) {
         if (!strcmp(json_string_value(json_object_get(p, "name")), name))
             found = json_incref(p);
     }
@@ -249,8 +248,7 @@ static const char *echo_instances(char *out, size_t len)
     json_t *p = provider("echo"), *id;
     size_t i, off = 0;
     out[0] = '\0';
-    json_array_foreach(json_object_get(p, "instances"), i, id)
-    {
+    json_array_foreach (json_object_get(p, "instances"), i, id) {
         off += (size_t)snprintf(out + off, len - off, "%s%s", i ? "," : "", json_string_value(id));
         if (off >= len)
             break;
@@ -264,10 +262,10 @@ static struct sb_instance *live_instance(const char *id)
 {
     struct sbh_slot *slot;
     struct sb_instance *inst;
-    TAILQ_FOREACH(slot, &g_reg->slots, link)
-    TAILQ_FOREACH(inst, &slot->instances, link)
-    if (!strcmp(inst->id, id))
-        return inst;
+    TAILQ_FOREACH (slot, &g_reg->slots, link)
+        TAILQ_FOREACH (inst, &slot->instances, link)
+            if (!strcmp(inst->id, id))
+                return inst;
     return NULL;
 }
 

@@ -31,8 +31,8 @@
 extern "C" {
 #endif
 
-#define SB_ABI_MAJOR 1
-#define SB_ABI_MINOR 0
+#define SB_ABI_MAJOR 1u
+#define SB_ABI_MINOR 0u
 
 /* What a provider can render or do; the host degrades what is missing. */
 enum sb_capability {
@@ -72,7 +72,7 @@ typedef struct sb_plugin_desc {
     const char *name;    /* provider name, [a-z0-9-]+, e.g. "telegram" */
     const char *version; /* plugin's own version string */
     const char *description;
-    uint32_t capabilities;  /* enum sb_capability bits */
+    uint32_t capabilities;       /* enum sb_capability bits */
     const char *settings_schema; /* JSON Schema (text) of an instance's settings */
 
     /*

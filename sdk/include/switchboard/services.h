@@ -45,11 +45,11 @@ typedef struct sb_ws sb_ws;
 
 /* Return codes of services (0 is success). */
 #define SB_OK 0
-#define SB_EINVAL (-1)     /* bad argument */
-#define SB_ENOTAVAIL (-2)  /* service not offered by this host */
-#define SB_ENOTFOUND (-3)  /* key or object absent */
+#define SB_EINVAL (-1)    /* bad argument */
+#define SB_ENOTAVAIL (-2) /* service not offered by this host */
+#define SB_ENOTFOUND (-3) /* key or object absent */
 #define SB_ENOMEM (-4)
-#define SB_EGONE (-5)      /* the instance or request no longer exists */
+#define SB_EGONE (-5) /* the instance or request no longer exists */
 
 enum sb_log_level { SB_LOG_ERROR = 0, SB_LOG_WARN, SB_LOG_INFO, SB_LOG_DEBUG };
 
@@ -73,10 +73,10 @@ typedef struct sb_header {
  * pointers are borrowed from whoever built it.
  */
 typedef struct sb_http_request {
-    const char *method;  /* "GET", "POST", ... */
-    const char *url;     /* outbound: absolute URL; inbound: path after <webhook_path>/<instance>,
-                            "" when there is none */
-    const char *query;   /* inbound: raw query string without '?', or NULL */
+    const char *method; /* "GET", "POST", ... */
+    const char *url;    /* outbound: absolute URL; inbound: path after <webhook_path>/<instance>,
+                           "" when there is none */
+    const char *query;  /* inbound: raw query string without '?', or NULL */
     const sb_header *headers;
     size_t n_headers;
     const unsigned char *body;
@@ -86,8 +86,8 @@ typedef struct sb_http_request {
 
 /* An outbound response, borrowed for the duration of the callback. */
 typedef struct sb_http_response {
-    int status;              /* HTTP status, or 0 when no answer came */
-    const char *error;       /* transport error text when status is 0 */
+    int status;        /* HTTP status, or 0 when no answer came */
+    const char *error; /* transport error text when status is 0 */
     const sb_header *headers;
     size_t n_headers;
     const unsigned char *body;
