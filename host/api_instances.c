@@ -253,11 +253,17 @@ static int work_delete(MYSQL *conn, struct sbh_call *call)
     int rc = sbh_db_exec(conn, &n, "DELETE FROM instances WHERE id = ?", "s", in_str(call, "id"));
     if (rc == SBH_DB_OK && n == 0)
         return SBH_DB_NOTFOUND;
-    /* instance_kv has no foreign key: config instances keep state there too. */
-    return rc == SBH_DB_OK
-               ? sbh_db_exec(conn, NULL, "DELETE FROM instance_kv WHERE instance_id = ?", "s",
-                             in_str(call, "id"))
-               : rc;
+    /* These tables hold config instances too, so they have no foreign key to
+     * instances: an API instance's rows go here (outbox rows go with their
+     * messages). */
+    static const char *const owned[] = {
+        "DELETE FROM instance_kv WHERE instance_id = ?",
+        "DELETE FROM messages WHERE instance_id = ?",
+        "DELETE FROM webhook_events WHERE instance_id = ?",
+    };
+    for (size_t i = 0; rc == SBH_DB_OK && i < sizeof(owned) / sizeof(owned[0]); i++)
+        rc = sbh_db_exec(conn, NULL, owned[i], "s", in_str(call, "id"));
+    return rc;
 }
 
 static int work_set_enabled(MYSQL *conn, struct sbh_call *call)

@@ -45,6 +45,10 @@ CREATE TABLE instance_kv (
     PRIMARY KEY (instance_id, k)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
+-- Instances from the config file are not rows of instances, yet they send
+-- and receive too: the tables below carry instance_id without a foreign
+-- key, and deleting an API instance deletes its rows explicitly.
+
 -- Every message, both directions. Listing is newest first with a
 -- (created_at, id) cursor: ORDER BY created_at DESC, id DESC.
 CREATE TABLE messages (
@@ -65,9 +69,7 @@ CREATE TABLE messages (
     PRIMARY KEY (id),
     KEY messages_instance_created (instance_id, created_at DESC, id DESC),
     UNIQUE KEY messages_instance_idempotency (instance_id, idempotency_key),
-    KEY messages_provider_message (provider_message_id),
-    CONSTRAINT messages_instance FOREIGN KEY (instance_id) REFERENCES instances (id)
-        ON DELETE CASCADE
+    KEY messages_provider_message (provider_message_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Raw inbound webhooks, stored before they are processed; a provider's
@@ -81,9 +83,7 @@ CREATE TABLE webhook_events (
     received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     processed_at DATETIME(6) NULL,
     PRIMARY KEY (id),
-    UNIQUE KEY webhook_events_provider_event (instance_id, provider_event_id),
-    CONSTRAINT webhook_events_instance FOREIGN KEY (instance_id) REFERENCES instances (id)
-        ON DELETE CASCADE
+    UNIQUE KEY webhook_events_provider_event (instance_id, provider_event_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Outbound messages waiting to be (re)sent. A sender claims a row by
@@ -97,8 +97,6 @@ CREATE TABLE outbox (
     PRIMARY KEY (message_id),
     KEY outbox_due (due_at),
     CONSTRAINT outbox_message FOREIGN KEY (message_id) REFERENCES messages (id)
-        ON DELETE CASCADE,
-    CONSTRAINT outbox_instance FOREIGN KEY (instance_id) REFERENCES instances (id)
         ON DELETE CASCADE
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
