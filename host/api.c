@@ -207,6 +207,10 @@ static int split_path(const char *path, char *res, size_t res_len, char *id, siz
 
 static const char *route_label(const char *res, const char *id, const char *action)
 {
+    if (!strcmp(res, "instances") && !strcmp(action, "messages"))
+        return "/v1/instances/{id}/messages";
+    if (!strcmp(res, "messages"))
+        return *id ? "/v1/messages/{id}" : "other";
     if (!strcmp(res, "instances"))
         return !*id      ? "/v1/instances"
                : *action ? "/v1/instances/{id}/action"
@@ -254,6 +258,8 @@ int sbh_api_dispatch(struct sbh_daemon *d, struct evhttp_request *req, const cha
         serve_providers(call, method);
     else if (!strcmp(res, "instances"))
         sbh_api_instances(call, method, action);
+    else if (!strcmp(res, "messages"))
+        sbh_api_messages(call, method);
     else
         sbh_api_keys(call, method);
     return 1;

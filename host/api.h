@@ -55,6 +55,8 @@ int sbh_call_body_object(struct sbh_call *call, const char *const *allowed);
 /* Handlers. method is the evhttp command; action is "", "start", ... */
 void sbh_api_instances(struct sbh_call *call, enum evhttp_cmd_type method, const char *action);
 void sbh_api_keys(struct sbh_call *call, enum evhttp_cmd_type method);
+void sbh_api_instance_messages(struct sbh_call *call, enum evhttp_cmd_type method);
+void sbh_api_messages(struct sbh_call *call, enum evhttp_cmd_type method);
 
 /* Start-up work on a synchronous connection (before the loop runs). */
 int sbh_api_bootstrap_admin_key(MYSQL *conn, struct sbh_auth *auth, char *why, size_t why_len);

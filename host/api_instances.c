@@ -7,6 +7,7 @@
 
 #include "jsonschema.h"
 #include "kv.h"
+#include "outbox.h"
 #include "log.h"
 #include "secrets.h"
 
@@ -167,11 +168,20 @@ static json_t *secret_names_of(const struct sbh_keyring *ring, const json_t *row
     return names;
 }
 
+/* Runtime status with sending health (breaker, counts), or NULL when not known. */
+static json_t *runtime_status(const struct sbh_daemon *d, const char *id)
+{
+    json_t *status = sbh_registry_instance_status(d->reg, id);
+    if (status && d->outbox)
+        json_object_set_new(status, "delivery", sbh_outbox_instance_health(d->outbox, id));
+    return status;
+}
+
 static json_t *instance_doc(struct sbh_daemon *d, const json_t *row)
 {
     const char *id = json_string_value(json_object_get(row, "id"));
     json_t *settings = json_loads(json_string_value(json_object_get(row, "settings")), 0, NULL);
-    json_t *status = sbh_registry_instance_status(d->reg, id);
+    json_t *status = runtime_status(d, id);
     if (!status)
         status = json_pack("{s:b, s:s}", "running", 0, "state", "stopped");
     return json_pack("{s:O, s:O, s:O, s:o, s:o, s:b, s:O, s:O, s:o}", "id",
@@ -186,7 +196,7 @@ static json_t *instance_doc(struct sbh_daemon *d, const json_t *row)
 /* A config file instance, seen only in the registry. */
 static int reply_config_instance(struct sbh_call *call)
 {
-    json_t *status = sbh_registry_instance_status(call->d->reg, call->id);
+    json_t *status = runtime_status(call->d, call->id);
     if (!status)
         return -1;
     if (!json_is_true(json_object_get(status, "config_managed"))) {
@@ -538,6 +548,7 @@ static void then_deleted(struct sbh_call *call, int rc)
     if (rc != SBH_DB_OK)
         return sbh_call_db_error(call, rc);
     sbh_registry_instance_remove(call->d->reg, call->id);
+    sbh_outbox_forget_instance(call->d->outbox, call->id);
     sbh_kv_forget(call->d->kv, call->id);
     sbh_log(SB_LOG_INFO, "api", NULL, call->id, "instance deleted by key %s", call->who.key_id);
     sbh_call_reply(call, 204, NULL);
@@ -545,7 +556,7 @@ static void then_deleted(struct sbh_call *call, int rc)
 
 static void reply_status(struct sbh_call *call)
 {
-    json_t *status = sbh_registry_instance_status(call->d->reg, call->id);
+    json_t *status = runtime_status(call->d, call->id);
     sbh_call_reply(call, 200,
                    json_pack("{s:s, s:o}", "id", call->id, "status",
                              status ? status : json_pack("{s:b}", "running", 0)));
@@ -590,6 +601,8 @@ void sbh_api_instances(struct sbh_call *call, enum evhttp_cmd_type method, const
     }
     if (!sbh_principal_allows(&call->who, call->id))
         return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
+    if (!strcmp(action, "messages"))
+        return sbh_api_instance_messages(call, method);
     if (*action) {
         if (method != EVHTTP_REQ_POST)
             return sbh_call_error(call, 405, "method_not_allowed", NULL, "POST");

@@ -1,7 +1,9 @@
 #include "daemon.h"
 
 #include "auth.h"
+#include "httpc.h"
 #include "log.h"
+#include "outbox.h"
 #include "secrets.h"
 #include "metrics.h"
 #include "notify.h"
@@ -156,7 +158,8 @@ static void finish_shutdown(struct sbh_daemon *d)
 static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
 {
     struct sbh_daemon *d = arg;
-    if (sbh_registry_pending(d->reg) == 0 && d->api_inflight == 0)
+    if (sbh_registry_pending(d->reg) == 0 && d->api_inflight == 0 &&
+        (!d->outbox || sbh_outbox_unsaved(d->outbox) == 0))
         finish_shutdown(d);
 }
 
@@ -179,7 +182,8 @@ void sbh_daemon_shutdown(struct sbh_daemon *d)
         evhttp_del_accept_socket(d->http, d->listener);
         d->listener = NULL;
     }
-    size_t pending = sbh_registry_pending(d->reg) + d->api_inflight;
+    size_t pending = sbh_registry_pending(d->reg) + d->api_inflight +
+                     (d->outbox ? sbh_outbox_unsaved(d->outbox) : 0);
     sbh_info("main", "shutting down: draining %zu requests", pending);
     if (pending == 0) {
         finish_shutdown(d);
@@ -272,8 +276,10 @@ int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_con
     }
     d->listener = sbh_http_bind(d, d->cfg->listen_address, d->cfg->port);
     d->reg = sbh_registry_new(d->base, copy_dir);
-    if (!d->listener || !d->reg)
+    d->httpc = sbh_httpc_new(d->base);
+    if (!d->listener || !d->reg || !d->httpc)
         return -1;
+    sbh_registry_set_httpc(d->reg, d->httpc);
     sbh_registry_set_event_sink(d->reg, on_event, d);
     sbh_registry_set_swap_done(d->reg, on_swaps_done, d);
     sbh_registry_set_swap_timeout(d->reg, d->cfg->swap_timeout_ms);
@@ -303,6 +309,8 @@ void sbh_daemon_free(struct sbh_daemon *d)
     /* Stops instances and shuts plugins down before the loop objects go. */
     sbh_registry_free(d->reg);
     d->reg = NULL;
+    sbh_httpc_free(d->httpc); /* after the registry: what plugins left open is gone */
+    d->httpc = NULL;
     sbh_storage_close(d);
     sbh_watch_free(d->watch);
     for (size_t i = 0; i < sizeof(d->signals) / sizeof(d->signals[0]); i++)

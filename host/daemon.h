@@ -16,7 +16,9 @@
 #include "registry.h"
 
 struct sbh_auth;
+struct sbh_httpc;
 struct sbh_db_restart;
+struct sbh_outbox;
 struct sbh_keyring;
 
 struct sbh_watch;
@@ -46,6 +48,8 @@ struct sbh_daemon {
     struct sbh_auth *auth;
     struct sbh_keyring *ring;
     struct sbh_kv *kv;
+    struct sbh_outbox *outbox;
+    struct sbh_httpc *httpc; /* outbound HTTP for plugins (and the host) */
     struct event *key_refresh;
     unsigned api_inflight;
     int reload_wanted; /* a reload waits for a swap to end */

@@ -467,6 +467,91 @@ int sbh_db_exec(MYSQL *conn, unsigned long long *affected, const char *sql, cons
     return SBH_DB_OK;
 }
 
+/* Bind a JSON array (strings, integers, booleans, null) as parameters. */
+static int params_bind_json(struct params *ps, const json_t *values)
+{
+    size_t n = json_array_size(values);
+    ps->bind = calloc(n ? n : 1, sizeof(*ps->bind));
+    ps->ints = calloc(n ? n : 1, sizeof(*ps->ints));
+    ps->lens = calloc(n ? n : 1, sizeof(*ps->lens));
+    if (!ps->bind || !ps->ints || !ps->lens)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *v = json_array_get(values, i);
+        MYSQL_BIND *b = &ps->bind[i];
+        if (json_is_string(v)) {
+            b->buffer_type = MYSQL_TYPE_STRING;
+            b->buffer = (void *)json_string_value(v);
+            ps->lens[i] = json_string_length(v);
+        } else if (json_is_integer(v) || json_is_boolean(v)) {
+            ps->ints[i] = json_is_integer(v) ? json_integer_value(v) : json_is_true(v);
+            b->buffer_type = MYSQL_TYPE_LONGLONG;
+            b->buffer = &ps->ints[i];
+        } else if (json_is_null(v)) {
+            b->buffer_type = MYSQL_TYPE_NULL;
+        } else {
+            sbh_error("db", "parameter %zu is neither string, integer, boolean nor null", i);
+            return -1;
+        }
+        b->buffer_length = ps->lens[i];
+        b->length = &ps->lens[i];
+    }
+    return 0;
+}
+
+int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
+                     const json_t *values)
+{
+    struct params ps = {0};
+    int rc = SBH_DB_ERROR;
+    MYSQL_STMT *stmt = mysql_stmt_init(conn);
+    if (!stmt) {
+        rc = stmt_fail(NULL, conn, sql);
+        goto out;
+    }
+    if (mysql_stmt_prepare(stmt, sql, strlen(sql)) != 0) {
+        rc = stmt_fail(stmt, conn, sql);
+        goto out;
+    }
+    if (mysql_stmt_param_count(stmt) != json_array_size(values)) {
+        sbh_error("db", "statement has %lu placeholders but %zu values were given",
+                  mysql_stmt_param_count(stmt), json_array_size(values));
+        goto out;
+    }
+    if (params_bind_json(&ps, values) < 0)
+        goto out;
+    if (json_array_size(values) && mysql_stmt_bind_param(stmt, ps.bind) != 0) {
+        rc = stmt_fail(stmt, conn, sql);
+        goto out;
+    }
+    if (mysql_stmt_execute(stmt) != 0) {
+        rc = stmt_fail(stmt, conn, sql);
+        goto out;
+    }
+    if (affected)
+        *affected = mysql_stmt_affected_rows(stmt);
+    rc = SBH_DB_OK;
+out:
+    params_free(&ps);
+    if (stmt)
+        mysql_stmt_close(stmt);
+    return rc;
+}
+
+/* A transaction around fn: committed when it returns SBH_DB_OK, else rolled back. */
+int sbh_db_transaction(MYSQL *conn, int (*fn)(MYSQL *conn, void *arg), void *arg)
+{
+    if (mysql_autocommit(conn, 0) != 0)
+        return stmt_fail(NULL, conn, "SET autocommit = 0");
+    int rc = fn(conn, arg);
+    if (rc == SBH_DB_OK && mysql_commit(conn) != 0)
+        rc = stmt_fail(NULL, conn, "COMMIT");
+    if (rc != SBH_DB_OK)
+        mysql_rollback(conn);
+    mysql_autocommit(conn, 1);
+    return rc;
+}
+
 static int is_integer_type(enum enum_field_types t)
 {
     return t == MYSQL_TYPE_TINY || t == MYSQL_TYPE_SHORT || t == MYSQL_TYPE_LONG ||

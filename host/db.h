@@ -98,4 +98,16 @@ int sbh_db_exec(MYSQL *conn, unsigned long long *affected, const char *sql, cons
 #include <jansson.h>
 int sbh_db_query(MYSQL *conn, json_t **rows, const char *sql, const char *types, ...);
 
+/*
+ * Like sbh_db_exec with the parameters in a JSON array (strings, integers,
+ * booleans as 0/1, null), for statements whose placeholder count is built at
+ * run time, such as a multi-row INSERT of a batch.
+ */
+int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
+                     const json_t *values);
+
+/* Run fn inside one transaction: committed when it returns SBH_DB_OK,
+ * rolled back otherwise; returns fn's (or the commit's) result. */
+int sbh_db_transaction(MYSQL *conn, int (*fn)(MYSQL *conn, void *arg), void *arg);
+
 #endif

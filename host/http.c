@@ -4,6 +4,7 @@
 #include "api.h"
 #include "log.h"
 #include "metrics.h"
+#include "outbox.h"
 #include "respond.h"
 
 #include <errno.h>
@@ -57,6 +58,8 @@ static void serve_metrics(struct sbh_daemon *d, struct evhttp_request *req)
                       d->db && sbh_db_available(d->db) ? 1 : 0);
     sbh_metrics_gauge(out, "switchboard_api_requests_in_flight",
                       "API requests awaiting the database", (double)d->api_inflight);
+    if (d->outbox)
+        sbh_outbox_metrics(d->outbox, out);
     sbh_metrics_render(out);
     size_t len = evbuffer_get_length(out);
     sbh_respond(req, "/metrics", 200, "text/plain; version=0.0.4; charset=utf-8",

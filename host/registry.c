@@ -1,5 +1,6 @@
 #include "registry.h"
 
+#include "httpc.h"
 #include "loader.h"
 #include "log.h"
 #include "metrics.h"
@@ -51,6 +52,11 @@ void sbh_registry_set_kv(struct sbh_registry *reg, struct sbh_kv *kv)
     reg->kv = kv;
 }
 
+void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc)
+{
+    reg->httpc = httpc;
+}
+
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms)
 {
     reg->swap_timeout_ms = ms;
@@ -69,10 +75,12 @@ static void gen_unload(struct sb_plugin *gen)
     if (!gen)
         return;
     sbh_timers_cancel_gen(gen);
+    sbh_httpc_cancel_gen(gen);
     if (gen->initialised)
         gen->desc->shutdown(gen);
-    /* shutdown may have started timers of its own; they die with the code. */
+    /* shutdown may have started timers or requests of its own; they die with the code. */
     sbh_timers_cancel_gen(gen);
+    sbh_httpc_cancel_gen(gen);
     sbh_loader_close(gen);
 }
 
@@ -107,12 +115,28 @@ static void instance_start(struct sb_instance *inst, struct sb_plugin *gen)
     inst->state = NULL;
     if (gen->desc->instance_start(inst, inst->settings, &inst->state) < 0) {
         sbh_timers_cancel_inst(inst);
+        sbh_httpc_cancel_inst(inst);
         inst->gen = NULL;
         inst->conn_state = SB_STATE_ERROR;
         sbh_log(SB_LOG_ERROR, "instance", inst->slot->name, inst->id, "instance failed to start");
         return;
     }
     sbh_log(SB_LOG_INFO, "instance", inst->slot->name, inst->id, "instance started");
+}
+
+/* Sends the plugin forgot when it stopped: the caller retries them. */
+static void fail_sends(struct sb_instance *inst)
+{
+    struct sbh_send *snd;
+    static const sb_send_result stopped = {.ok = 0,
+                                           .retryable = 1,
+                                           .error_code = "instance_stopped",
+                                           .error_message = "the instance stopped while sending"};
+    while ((snd = TAILQ_FIRST(&inst->sends)) != NULL) {
+        TAILQ_REMOVE(&inst->sends, snd, link);
+        snd->done(snd->arg, &stopped);
+        free(snd);
+    }
 }
 
 static void instance_stop(struct sb_instance *inst)
@@ -122,6 +146,8 @@ static void instance_stop(struct sb_instance *inst)
     inst->gen->desc->instance_stop(inst, inst->state);
     inst->state = NULL;
     sbh_timers_cancel_inst(inst);
+    sbh_httpc_cancel_inst(inst);
+    fail_sends(inst);
     /* What the plugin forgot to answer is answered for it. */
     struct sb_reply *r;
     while ((r = TAILQ_FIRST(&inst->pending)) != NULL)
@@ -143,7 +169,9 @@ static struct sb_instance *instance_new(struct sbh_slot *slot, const char *id,
     inst->dynamic = dynamic;
     inst->enabled = enabled;
     LIST_INIT(&inst->timers);
+    LIST_INIT(&inst->http_calls);
     TAILQ_INIT(&inst->pending);
+    TAILQ_INIT(&inst->sends);
     if (!inst->id || !inst->settings) {
         free(inst->id);
         json_decref(inst->settings);
@@ -819,4 +847,49 @@ const sb_plugin_desc *sbh_registry_provider(const struct sbh_registry *reg, cons
 {
     const struct sbh_slot *slot = slot_find((struct sbh_registry *)reg, name);
     return slot && slot->cur ? slot->cur->desc : NULL;
+}
+
+/* ---- sending ---- */
+
+static void send_done(void *arg, const sb_send_result *res)
+{
+    struct sbh_send *snd = arg;
+    TAILQ_REMOVE(&snd->inst->sends, snd, link);
+    sb_send_done_fn done = snd->done;
+    void *done_arg = snd->arg;
+    free(snd);
+    done(done_arg, res);
+}
+
+int sbh_registry_send(struct sbh_registry *reg, const char *id, const json_t *message,
+                      sb_send_done_fn done, void *arg)
+{
+    struct sb_instance *inst = instance_lookup(reg, id);
+    if (!inst || !inst->gen || inst->slot->state != SBH_SLOT_RUNNING)
+        return SBH_SEND_NOT_RUNNING;
+    if (!inst->gen->desc->send)
+        return SBH_SEND_UNSUPPORTED;
+    struct sbh_send *snd = calloc(1, sizeof(*snd));
+    if (!snd)
+        return SBH_SEND_NOT_RUNNING;
+    *snd = (struct sbh_send){.inst = inst, .done = done, .arg = arg};
+    TAILQ_INSERT_TAIL(&inst->sends, snd, link);
+    if (inst->gen->desc->send(inst, inst->state, message, send_done, snd) < 0) {
+        /* Refused synchronously: done() is not called by the plugin. */
+        TAILQ_REMOVE(&inst->sends, snd, link);
+        free(snd);
+        return SBH_SEND_REFUSED;
+    }
+    return 0;
+}
+
+int sbh_registry_instance_caps(const struct sbh_registry *reg, const char *id, uint32_t *caps,
+                               const char **provider)
+{
+    const struct sb_instance *inst = instance_lookup(reg, id);
+    if (!inst)
+        return -1;
+    *provider = inst->slot->name;
+    *caps = inst->slot->cur ? inst->slot->cur->desc->capabilities : 0;
+    return 0;
 }

@@ -12,6 +12,8 @@
 #include <event2/http.h>
 #include <jansson.h>
 
+#include <switchboard/plugin.h>
+
 #include "config.h"
 
 struct sbh_registry;
@@ -34,6 +36,10 @@ void sbh_registry_set_event_sink(struct sbh_registry *reg, sbh_event_sink_fn fn,
 /* The store behind the kv services (borrowed; NULL: not offered). */
 struct sbh_kv;
 void sbh_registry_set_kv(struct sbh_registry *reg, struct sbh_kv *kv);
+
+/* The client behind the http_request service (borrowed; NULL: not offered). */
+struct sbh_httpc;
+void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc);
 
 /* Bound on how long an old generation may drain during a swap. */
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms);
@@ -87,8 +93,22 @@ void sbh_registry_instance_remove(struct sbh_registry *reg, const char *id);
 int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int start, int stop);
 /* Runtime view of an instance (new reference), NULL when unknown. */
 json_t *sbh_registry_instance_status(const struct sbh_registry *reg, const char *id);
+/*
+ * Hand message (borrowed) to the instance's plugin; done gets the result
+ * exactly once (maybe before this returns), a retryable failure if the
+ * instance stops first. Returns 0, or one of the codes below (done is then
+ * not called).
+ */
+#define SBH_SEND_NOT_RUNNING (-1)
+#define SBH_SEND_UNSUPPORTED (-2)
+#define SBH_SEND_REFUSED (-3)
+int sbh_registry_send(struct sbh_registry *reg, const char *id, const json_t *message,
+                      sb_send_done_fn done, void *arg);
+/* Capability bits and provider name (borrowed) of an instance; -1 when unknown. */
+int sbh_registry_instance_caps(const struct sbh_registry *reg, const char *id, uint32_t *caps,
+                               const char **provider);
+
 /* Descriptor of a loaded provider (borrowed until the next reload), or NULL. */
-#include <switchboard/plugin.h>
 const sb_plugin_desc *sbh_registry_provider(const struct sbh_registry *reg, const char *name);
 
 #endif

@@ -50,6 +50,9 @@ struct sb_timer {
 };
 LIST_HEAD(sbh_timer_list, sb_timer);
 
+/* Outbound HTTP calls of a plugin (struct sb_http_call is httpc.c's). */
+LIST_HEAD(sbh_http_call_list, sb_http_call);
+
 /* A webhook request waiting for its plugin's answer, or held during a swap. */
 struct sb_reply {
     TAILQ_ENTRY(sb_reply) link; /* in its instance's pending list or the slot's held queue */
@@ -70,6 +73,15 @@ struct sb_reply {
 };
 TAILQ_HEAD(sbh_reply_list, sb_reply);
 
+/* A send handed to a plugin, until its done() comes or the instance stops. */
+struct sbh_send {
+    TAILQ_ENTRY(sbh_send) link;
+    struct sb_instance *inst;
+    sb_send_done_fn done; /* the host's caller */
+    void *arg;
+};
+TAILQ_HEAD(sbh_send_list, sbh_send);
+
 /* One loaded generation of a plugin .so. */
 struct sb_plugin {
     struct sbh_slot *slot;
@@ -80,6 +92,7 @@ struct sb_plugin {
     struct sbh_file_id file_id;
     int initialised;
     struct sbh_timer_list timers;
+    struct sbh_http_call_list http_calls;
 };
 
 struct sb_instance {
@@ -92,8 +105,10 @@ struct sb_instance {
     enum sb_instance_state conn_state;
     char *detail;
     struct sbh_timer_list timers;
+    struct sbh_http_call_list http_calls;
     struct sbh_reply_list pending;
     unsigned n_pending;
+    struct sbh_send_list sends;
     int dynamic; /* managed through the API (database), not the config */
     int enabled; /* 0: kept but not started (stopped through the API) */
 };
@@ -137,6 +152,7 @@ struct sbh_registry {
      * outlive their plugin's slot and are placed again when it returns. */
     json_t *dynamic;
     struct sbh_kv *kv; /* backs the kv_get/kv_set services; NULL: not offered */
+    struct sbh_httpc *httpc; /* backs http_request/http_cancel; NULL: not offered */
 };
 
 /* services.c */

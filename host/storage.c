@@ -10,6 +10,7 @@
 #include "kv.h"
 #include "log.h"
 #include "migrate.h"
+#include "outbox.h"
 #include "secrets.h"
 
 #include <errno.h>
@@ -208,6 +209,11 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
         goto out;
     }
     sbh_kv_attach(d->kv, d->db);
+    struct sbh_outbox_conf oc;
+    sbh_outbox_conf_default(&oc);
+    d->outbox = sbh_outbox_new(d->base, d->db, d->reg, &oc);
+    if (!d->outbox || sbh_outbox_recover(d->outbox, conn, why, why_len) < 0)
+        goto out;
     d->key_refresh = event_new(d->base, -1, EV_PERSIST, on_key_refresh, d);
     struct timeval tv = {KEY_REFRESH_S, 0};
     if (d->key_refresh)
@@ -246,6 +252,8 @@ void sbh_storage_close(struct sbh_daemon *d)
         sbh_registry_set_kv(d->reg, NULL);
     sbh_db_free(d->db);
     d->db = NULL;
+    sbh_outbox_free(d->outbox);
+    d->outbox = NULL;
     sbh_kv_free(d->kv);
     d->kv = NULL;
     if (d->mariadb.pid)
