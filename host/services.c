@@ -5,6 +5,7 @@
  */
 #include "runtime.h"
 
+#include "httpc.h"
 #include "kv.h"
 #include "log.h"
 #include "metrics.h"
@@ -154,14 +155,20 @@ void sbh_timers_cancel_inst(struct sb_instance *inst)
         timer_free(t);
 }
 
-/* Services later issues provide: the shape is final, the answer is "not here yet". */
 static sb_http_call *svc_http_request(sb_plugin *self, sb_instance *inst,
                                       const sb_http_request *req, sb_http_done_fn done, void *arg)
 {
-    return NULL;
+    if (!self || !self->slot)
+        return NULL;
+    return sbh_httpc_request(self->slot->reg->httpc, self, inst, req, done, arg);
 }
 
-static void svc_http_cancel(sb_http_call *call) {}
+static void svc_http_cancel(sb_http_call *call)
+{
+    sbh_httpc_cancel(call);
+}
+
+/* Services later issues provide: the shape is final, the answer is "not here yet". */
 
 static sb_ws *svc_ws_connect(sb_plugin *self, sb_instance *inst, const char *url,
                              const sb_header *headers, size_t n_headers, sb_ws_fn fn, void *arg)
