@@ -1,5 +1,6 @@
 #include "api.h"
 
+#include "events.h"
 #include "log.h"
 #include "respond.h"
 
@@ -10,6 +11,7 @@
 
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
 
 extern const char sbh_openapi_json[];
 
@@ -43,6 +45,43 @@ static void call_free(struct sbh_call *call)
     json_decref(call->in);
     json_decref(call->out);
     free(call);
+}
+
+void sbh_call_detach(struct sbh_call *call)
+{
+    if (call->req)
+        evhttp_connection_set_closecb(evhttp_request_get_connection(call->req), NULL, NULL);
+    call->req = NULL;
+    call_free(call);
+}
+
+/* GET /v1/events[?types=a,b&instance=id]: a Server-Sent Events stream. */
+static void serve_events(struct sbh_call *call, enum evhttp_cmd_type method)
+{
+    struct evkeyvalq q;
+    const char *uri_query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(call->req));
+    if (method != EVHTTP_REQ_GET) {
+        sbh_call_error(call, 405, "method_not_allowed", NULL, "only GET");
+        return;
+    }
+    TAILQ_INIT(&q);
+    if (uri_query && evhttp_parse_query_str(uri_query, &q) < 0) {
+        sbh_call_error(call, 400, "invalid_query", NULL, "malformed query string");
+        return;
+    }
+    const char *instance = evhttp_find_header(&q, "instance");
+    if (instance && !sbh_principal_allows(&call->who, instance)) {
+        evhttp_clear_headers(&q);
+        sbh_call_error(call, 404, "not_found", "instance", "no such instance");
+        return;
+    }
+    struct evhttp_request *req = call->req;
+    struct sbh_events *hub = call->d->events;
+    json_t *scope = call->who.admin ? NULL : json_incref(call->who.instance_ids);
+    sbh_call_detach(call);
+    sbh_events_stream(hub, req, evhttp_find_header(&q, "types"), instance, scope);
+    json_decref(scope);
+    evhttp_clear_headers(&q);
 }
 
 void sbh_call_reply(struct sbh_call *call, int status, json_t *doc)
@@ -219,6 +258,8 @@ static const char *route_label(const char *res, const char *id, const char *acti
         return *id ? "/v1/keys/{id}" : "/v1/keys";
     if (!strcmp(res, "providers"))
         return "/v1/providers";
+    if (!strcmp(res, "events") && !*id)
+        return "/v1/events";
     return "other";
 }
 
@@ -260,6 +301,8 @@ int sbh_api_dispatch(struct sbh_daemon *d, struct evhttp_request *req, const cha
         sbh_api_instances(call, method, action);
     else if (!strcmp(res, "messages"))
         sbh_api_messages(call, method);
+    else if (!strcmp(res, "events"))
+        serve_events(call, method);
     else
         sbh_api_keys(call, method);
     return 1;

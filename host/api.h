@@ -34,6 +34,8 @@ struct sbh_call {
  */
 int sbh_api_dispatch(struct sbh_daemon *d, struct evhttp_request *req, const char *path);
 
+/* Free the call without answering: the request was handed on (a stream). */
+void sbh_call_detach(struct sbh_call *call);
 /* Answer and free the call. reply steals doc. */
 void sbh_call_reply(struct sbh_call *call, int status, json_t *doc);
 /* Error shape; field (may be NULL) goes into details.field. */

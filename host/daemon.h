@@ -19,6 +19,8 @@ struct sbh_auth;
 struct sbh_httpc;
 struct sbh_db_restart;
 struct sbh_outbox;
+struct sbh_inbound;
+struct sbh_events;
 struct sbh_keyring;
 
 struct sbh_watch;
@@ -49,6 +51,8 @@ struct sbh_daemon {
     struct sbh_keyring *ring;
     struct sbh_kv *kv;
     struct sbh_outbox *outbox;
+    struct sbh_inbound *inbound;
+    struct sbh_events *events;
     struct sbh_httpc *httpc; /* outbound HTTP for plugins (and the host) */
     struct event *key_refresh;
     unsigned api_inflight;

@@ -57,6 +57,11 @@ void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc)
     reg->httpc = httpc;
 }
 
+void sbh_registry_set_inbound(struct sbh_registry *reg, struct sbh_inbound *inbound)
+{
+    reg->inbound = inbound;
+}
+
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms)
 {
     reg->swap_timeout_ms = ms;
@@ -632,7 +637,7 @@ int sbh_registry_webhook(struct sbh_registry *reg, struct evhttp_request *req, c
 
 size_t sbh_registry_pending(const struct sbh_registry *reg)
 {
-    size_t n = 0;
+    size_t n = reg->storing;
     const struct sbh_slot *slot;
     const struct sb_reply *r;
     TAILQ_FOREACH (slot, &reg->slots, link) {

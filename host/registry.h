@@ -36,6 +36,9 @@ void sbh_registry_set_event_sink(struct sbh_registry *reg, sbh_event_sink_fn fn,
 /* The store behind the kv services (borrowed; NULL: not offered). */
 struct sbh_kv;
 void sbh_registry_set_kv(struct sbh_registry *reg, struct sbh_kv *kv);
+/* Where emitted events are stored (borrowed; NULL: only the event sink). */
+struct sbh_inbound;
+void sbh_registry_set_inbound(struct sbh_registry *reg, struct sbh_inbound *inbound);
 
 /* The client behind the http_request service (borrowed; NULL: not offered). */
 struct sbh_httpc;

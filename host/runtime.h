@@ -59,7 +59,12 @@ struct sb_reply {
     struct sbh_registry *reg;
     struct evhttp_request *req; /* NULL once the client went away */
     struct sb_instance *inst;   /* set while the plugin holds it */
-    int abandoned;              /* the host answered for the plugin, which still holds it */
+    int abandoned; /* the host answered for the plugin, which still holds it */
+    json_t *events;   /* emitted while the plugin handled it: stored before the answer */
+    int ans_status;   /* the plugin's answer, kept while its events are stored */
+    char *ans_type;
+    char *ans_body;
+    size_t ans_len;
     char *route;                /* metrics label */
     char *instance_id;
     char *subpath; /* path after /webhook/<p>/<i>, "" when none */
@@ -152,6 +157,9 @@ struct sbh_registry {
      * outlive their plugin's slot and are placed again when it returns. */
     json_t *dynamic;
     struct sbh_kv *kv; /* backs the kv_get/kv_set services; NULL: not offered */
+    struct sbh_inbound *inbound; /* stores emitted events; NULL: only the sink sees them */
+    struct sb_reply *current;    /* the webhook a plugin is handling right now */
+    size_t storing;              /* answers waiting for their events to be stored */
     struct sbh_httpc *httpc; /* backs http_request/http_cancel; NULL: not offered */
 };
 

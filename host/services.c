@@ -6,6 +6,7 @@
 #include "runtime.h"
 
 #include "httpc.h"
+#include "inbound.h"
 #include "kv.h"
 #include "log.h"
 #include "metrics.h"
@@ -57,8 +58,24 @@ static int svc_emit_event(sb_instance *inst, const char *type, json_t *payload)
         return SB_EINVAL;
     }
     struct sbh_registry *reg = inst->slot->reg;
+    struct sb_reply *cur = reg->current;
     sbh_metrics_add("switchboard_events_total", "Inbound events emitted by plugins", 1, "provider",
                     inst->slot->name, "instance", inst->id, "type", type, SBH_END);
+    if (reg->inbound) {
+        json_t *ev = json_pack("{s:s, s:o}", "type", type, "payload", payload);
+        if (!ev)
+            return SB_ENOMEM;
+        /* Emitted while handling a webhook: stored before that webhook is answered. */
+        if (cur && cur->inst == inst) {
+            if (!cur->events)
+                cur->events = json_array();
+            json_array_append_new(cur->events, ev);
+            return SB_OK;
+        }
+        sbh_inbound_store(reg->inbound, inst->slot->name, inst->id, json_pack("[o]", ev), NULL,
+                          NULL);
+        return SB_OK;
+    }
     if (reg->sink) {
         reg->sink(reg->sink_arg, inst->slot->name, inst->id, type, payload);
         return SB_OK;

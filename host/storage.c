@@ -9,6 +9,8 @@
 #include "auth.h"
 #include "kv.h"
 #include "log.h"
+#include "events.h"
+#include "inbound.h"
 #include "migrate.h"
 #include "outbox.h"
 #include "secrets.h"
@@ -211,6 +213,14 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
     sbh_kv_attach(d->kv, d->db);
     struct sbh_outbox_conf oc;
     sbh_outbox_conf_default(&oc);
+    d->inbound = sbh_inbound_new(d->base, d->db);
+    d->events = sbh_events_new(d->base);
+    if (!d->inbound || !d->events) {
+        snprintf(why, why_len, "out of memory");
+        goto out;
+    }
+    sbh_inbound_on_event(d->inbound, sbh_events_publish, d->events);
+    sbh_registry_set_inbound(d->reg, d->inbound);
     d->outbox = sbh_outbox_new(d->base, d->db, d->reg, &oc);
     if (!d->outbox || sbh_outbox_recover(d->outbox, conn, why, why_len) < 0)
         goto out;
@@ -254,6 +264,10 @@ void sbh_storage_close(struct sbh_daemon *d)
     d->db = NULL;
     sbh_outbox_free(d->outbox);
     d->outbox = NULL;
+    sbh_inbound_free(d->inbound);
+    d->inbound = NULL;
+    sbh_events_free(d->events);
+    d->events = NULL;
     sbh_kv_free(d->kv);
     d->kv = NULL;
     if (d->mariadb.pid)

@@ -5,6 +5,7 @@
  */
 #include "runtime.h"
 
+#include "inbound.h"
 #include "log.h"
 #include "respond.h"
 
@@ -52,6 +53,9 @@ static void reply_free(struct sb_reply *r)
     free(r->query);
     free(r->method);
     free(r->body);
+    json_decref(r->events);
+    free(r->ans_type);
+    free(r->ans_body);
     free(r);
 }
 
@@ -125,11 +129,67 @@ struct sb_reply *sbh_reply_new(struct sbh_slot *slot, struct evhttp_request *req
     return r;
 }
 
+/* The events are durable (or not): now the provider hears the plugin's answer. */
+static void on_stored(void *arg, int ok)
+{
+    struct sb_reply *r = arg;
+    struct sbh_registry *reg = r->reg;
+    reg->storing--;
+    if (r->req) {
+        evhttp_connection_set_closecb(evhttp_request_get_connection(r->req), NULL, NULL);
+        if (ok) {
+            sbh_respond(r->req, r->route, r->ans_status, r->ans_type, r->ans_body, r->ans_len);
+        } else {
+            static const char busy[] = "{\"error\":{\"code\":\"not_stored\",\"message\":"
+                                       "\"the event could not be stored; send it again\","
+                                       "\"details\":{}}}";
+            evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", "1");
+            sbh_respond(r->req, r->route, 503, NULL, busy, sizeof(busy) - 1);
+        }
+    }
+    reply_free(r);
+    sbh_registry_reply_done(reg);
+}
+
+/* Keep the plugin's answer and store the events first; 0 when that started. */
+static int answer_after_store(struct sb_reply *r, int status, const char *content_type,
+                              const void *body, size_t len)
+{
+    struct sbh_registry *reg = r->reg;
+    if (!r->events || !reg->inbound || !r->inst || status >= 300)
+        return -1;
+    r->ans_status = status;
+    r->ans_type = content_type ? strdup(content_type) : NULL;
+    r->ans_body = malloc(len ? len : 1);
+    if (!r->ans_body || (content_type && !r->ans_type))
+        return -1;
+    memcpy(r->ans_body, body, len);
+    r->ans_len = len;
+    TAILQ_REMOVE(&r->inst->pending, r, link);
+    if (!r->abandoned)
+        r->inst->n_pending--;
+    json_t *events = r->events;
+    struct sb_instance *inst = r->inst;
+    r->events = NULL;
+    r->inst = NULL; /* the host holds it now; on_stored may run before store returns */
+    reg->storing++;
+    sbh_inbound_store(reg->inbound, inst->slot->name, inst->id, events, on_stored, r);
+    return 0;
+}
+
 int sbh_reply_answer(struct sb_reply *r, int status, const char *content_type, const void *body,
                      size_t len)
 {
     if (status < 100 || status > 599)
         return SB_EINVAL;
+    if (answer_after_store(r, status, content_type, body, len) == 0)
+        return SB_OK;
+    /* Events of a refused request are still the provider's: keep them. */
+    if (r->events && r->reg->inbound && r->inst) {
+        sbh_inbound_store(r->reg->inbound, r->inst->slot->name, r->inst->id, r->events, NULL,
+                          NULL);
+        r->events = NULL;
+    }
     if (r->req) {
         evhttp_connection_set_closecb(evhttp_request_get_connection(r->req), NULL, NULL);
         sbh_respond(r->req, r->route, status, content_type, body, len);
@@ -199,5 +259,10 @@ void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *r)
     r->inst = inst;
     TAILQ_INSERT_TAIL(&inst->pending, r, link);
     inst->n_pending++;
+    struct sbh_registry *reg = slot->reg;
+    struct sb_reply *outer = reg->current;
+    reg->current = r;
     inst->gen->desc->webhook(inst, inst->state, &r->view, r);
+    /* r may be gone now; only compare the pointer. */
+    reg->current = outer;
 }

@@ -85,12 +85,16 @@ static json_t *make_received(const struct echo_instance *ei, json_t *from, const
 }
 
 /* Hand an event to the host; emit_event steals the payload in every case. */
-static int emit_received(struct echo_instance *ei, json_t *from, const char *text)
+static int emit_received(struct echo_instance *ei, json_t *from, const char *text,
+                         json_t *event_id)
 {
     json_t *payload = make_received(ei, from, text);
 
     if (!payload)
         return SB_ENOMEM;
+    /* The provider's own event id lets the host drop a redelivered webhook. */
+    if (json_is_string(event_id))
+        json_object_set(payload, "event_id", event_id);
     return host->emit_event(ei->inst, "message.received", payload);
 }
 
@@ -276,7 +280,8 @@ static void accept_webhook(struct echo_instance *ei, json_t *body, sb_reply *rep
      * retry, so only promise 200 once the host has the event.
      */
     if (emit_received(ei, json_object_get(body, "from"),
-                      json_string_value(json_object_get(body, "text"))) != SB_OK) {
+                      json_string_value(json_object_get(body, "text")),
+                      json_object_get(body, "event_id")) != SB_OK) {
         reply_error(reply, 503, "event_rejected", "the host did not accept the event", NULL);
         return;
     }
@@ -357,7 +362,7 @@ static int echo_send(sb_instance *inst, void *state, const json_t *message, sb_s
         return 0;
     }
     /* The echo is the delivery: if the host refuses it, nothing was sent. */
-    if (emit_received(ei, to, json_string_value(text)) != SB_OK) {
+    if (emit_received(ei, to, json_string_value(text), NULL) != SB_OK) {
         send_fail(done, done_arg, 1, "emit_failed", "the host did not accept the echo");
         return 0;
     }

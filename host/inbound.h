@@ -1,0 +1,38 @@
+/*
+ * Inbound events on their way in: written to webhook_events (a provider's
+ * redelivery of an event id it sent before is recognised and dropped) and,
+ * for messages, to messages, in one transaction per loop turn; only then is
+ * the provider's webhook acknowledged, and the events handed on to
+ * subscribers (Server-Sent Events, customer webhooks).
+ */
+#ifndef SBH_INBOUND_H
+#define SBH_INBOUND_H
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "db.h"
+
+struct sbh_inbound;
+
+/* Called for each stored, new event (envelope borrowed). */
+typedef void (*sbh_event_fn)(void *arg, const json_t *envelope);
+
+struct sbh_inbound *sbh_inbound_new(struct event_base *base, struct sbh_db *db);
+void sbh_inbound_free(struct sbh_inbound *ib);
+/* Add a consumer of stored events (up to 4). */
+void sbh_inbound_on_event(struct sbh_inbound *ib, sbh_event_fn fn, void *arg);
+
+/*
+ * Store events (stolen: an array of {"type", "payload"}) of one instance.
+ * done (may be NULL) runs once on the loop: ok 1 when they are durable
+ * (duplicates count as stored), 0 when the database refused. Events stored
+ * without a done are retried until the database takes them.
+ */
+void sbh_inbound_store(struct sbh_inbound *ib, const char *provider, const char *instance,
+                       json_t *events, void (*done)(void *arg, int ok), void *arg);
+
+/* Events waiting for the database. */
+size_t sbh_inbound_unsaved(const struct sbh_inbound *ib);
+
+#endif
