@@ -324,8 +324,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         }
         return 0;
     }
-    short events = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
-                   (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    short events =
+        EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
     if (!sock) {
         sock = calloc(1, sizeof(*sock));
         if (!sock)
@@ -511,10 +511,13 @@ static CURLcode set_method(struct sb_http_call *call, const char *method,
     CURLcode rc = CURLE_OK;
     int is_get = !strcmp(method, "GET"), is_head = !strcmp(method, "HEAD");
     int is_post = !strcmp(method, "POST");
-    int with_body = req->body_len > 0 || is_post || !strcmp(method, "PUT") ||
-                    !strcmp(method, "PATCH");
-    if (is_head)
-        return curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    int with_body =
+        req->body_len > 0 || is_post || !strcmp(method, "PUT") || !strcmp(method, "PATCH");
+    if (is_head) {
+        /* no body comes: a large Content-Length is no reason to fail */
+        rc = curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)0);
+        return rc == CURLE_OK ? curl_easy_setopt(e, CURLOPT_NOBODY, 1L) : rc;
+    }
     if (is_get && !with_body)
         return curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     if (with_body) {
@@ -539,9 +542,8 @@ static CURLcode set_options(struct sb_http_call *call, const char *method,
 {
     CURL *e = call->easy;
     long timeout = req->timeout_ms ? (long)req->timeout_ms : (long)SBH_HTTPC_DEFAULT_TIMEOUT_MS;
-    long connect = timeout < (long)SBH_HTTPC_CONNECT_TIMEOUT_MS
-                       ? timeout
-                       : (long)SBH_HTTPC_CONNECT_TIMEOUT_MS;
+    long connect =
+        timeout < (long)SBH_HTTPC_CONNECT_TIMEOUT_MS ? timeout : (long)SBH_HTTPC_CONNECT_TIMEOUT_MS;
     CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
@@ -558,7 +560,10 @@ static CURLcode set_options(struct sb_http_call *call, const char *method,
     SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    SET(CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS, wait for ALPN to tell whether the open connection multiplexes
+     * (HTTP/2) before opening another; over plain HTTP there is nothing to
+     * learn, and waiting would queue requests behind a slow answer. */
+    SET(CURLOPT_PIPEWAIT, (long)!strncasecmp(req->url, "https://", 8));
     SET(CURLOPT_TIMEOUT_MS, timeout);
     SET(CURLOPT_CONNECTTIMEOUT_MS, connect);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);

@@ -9,7 +9,12 @@
  * back without calling their callbacks. A done callback is called exactly
  * once, on the loop thread, never from inside sbh_httpc_request (even an
  * immediate failure is reported on a later loop turn). After it returns the
- * call is gone. Everything here runs on the loop thread.
+ * call is gone. Everything here runs on the loop thread; sbh_httpc_free must
+ * not be called from inside a done callback.
+ *
+ * Redirects are not followed (a 3xx is reported as it is), no Content-Type or
+ * Expect header is added, and the environment's proxy variables are honoured
+ * as libcurl does.
  */
 #ifndef SBH_HTTPC_H
 #define SBH_HTTPC_H

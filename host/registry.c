@@ -2,6 +2,7 @@
 
 #include "httpc.h"
 #include "loader.h"
+#include "map.h"
 #include "log.h"
 #include "metrics.h"
 #include "runtime.h"
@@ -34,7 +35,8 @@ struct sbh_registry *sbh_registry_new(struct event_base *base, const char *copy_
     TAILQ_INIT(&reg->slots);
     reg->check_ev = event_new(base, -1, 0, check_swaps, reg);
     reg->dynamic = json_object();
-    if (!reg->copy_dir || !reg->check_ev || !reg->dynamic) {
+    reg->by_id = sbh_map_new();
+    if (!reg->copy_dir || !reg->check_ev || !reg->dynamic || !reg->by_id) {
         sbh_registry_free(reg);
         return NULL;
     }
@@ -184,6 +186,7 @@ static struct sb_instance *instance_new(struct sbh_slot *slot, const char *id,
         return NULL;
     }
     TAILQ_INSERT_TAIL(&slot->instances, inst, link);
+    sbh_map_put(slot->reg->by_id, inst->id, inst);
     return inst;
 }
 
@@ -191,6 +194,8 @@ static void instance_free(struct sb_instance *inst)
 {
     instance_stop(inst);
     TAILQ_REMOVE(&inst->slot->instances, inst, link);
+    if (sbh_map_get(inst->slot->reg->by_id, inst->id) == inst)
+        sbh_map_del(inst->slot->reg->by_id, inst->id);
     free(inst->id);
     free(inst->detail);
     json_decref(inst->settings);
@@ -199,11 +204,8 @@ static void instance_free(struct sb_instance *inst)
 
 static struct sb_instance *instance_find(struct sbh_slot *slot, const char *id)
 {
-    struct sb_instance *inst;
-    TAILQ_FOREACH (inst, &slot->instances, link)
-        if (!strcmp(inst->id, id))
-            return inst;
-    return NULL;
+    struct sb_instance *inst = sbh_map_get(slot->reg->by_id, id);
+    return inst && inst->slot == slot ? inst : NULL;
 }
 
 static void start_all(struct sbh_slot *slot)
@@ -750,6 +752,7 @@ void sbh_registry_free(struct sbh_registry *reg)
     if (reg->check_ev)
         event_free(reg->check_ev);
     json_decref(reg->dynamic);
+    sbh_map_free(reg->by_id);
     free(reg->copy_dir);
     free(reg);
 }
@@ -758,13 +761,7 @@ void sbh_registry_free(struct sbh_registry *reg)
 
 static struct sb_instance *instance_lookup(const struct sbh_registry *reg, const char *id)
 {
-    struct sbh_slot *slot;
-    TAILQ_FOREACH (slot, &reg->slots, link) {
-        struct sb_instance *inst = instance_find(slot, id);
-        if (inst)
-            return inst;
-    }
-    return NULL;
+    return sbh_map_get(reg->by_id, id);
 }
 
 int sbh_registry_instance_put(struct sbh_registry *reg, const char *id, const char *provider,

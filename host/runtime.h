@@ -156,6 +156,7 @@ struct sbh_registry {
     /* API-managed instances by id: {"provider", "settings", "enabled"}. They
      * outlive their plugin's slot and are placed again when it returns. */
     json_t *dynamic;
+    struct sbh_map *by_id; /* instance id -> sb_instance, across slots */
     struct sbh_kv *kv; /* backs the kv_get/kv_set services; NULL: not offered */
     struct sbh_inbound *inbound; /* stores emitted events; NULL: only the sink sees them */
     struct sb_reply *current;    /* the webhook a plugin is handling right now */

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define DEBOUNCE_MS 150
-#define MAX_WATCHES 3
+#define MAX_WATCHES 4
 
 struct sbh_watch {
     struct sbh_daemon *d;
@@ -76,7 +76,14 @@ void sbh_watch_update(struct sbh_watch *w)
         snprintf(main_dir, sizeof(main_dir), ".");
     else
         slash[slash == main_dir ? 1 : 0] = '\0';
-    const char *dirs[MAX_WATCHES] = {main_dir, cfg->confd_dir, cfg->plugin_dir};
+    /* The key file may live elsewhere; rotate-key rewrites it there. */
+    char key_dir[PATH_MAX];
+    snprintf(key_dir, sizeof(key_dir), "%s", cfg->master_key_file);
+    char *key_slash = strrchr(key_dir, '/');
+    if (key_slash)
+        key_slash[key_slash == key_dir ? 1 : 0] = '\0';
+    const char *dirs[MAX_WATCHES] = {main_dir, cfg->confd_dir, cfg->plugin_dir,
+                                     key_slash ? key_dir : "."};
     const uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE |
                           IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF;
     /* Remove all first: two entries naming one directory share a descriptor. */

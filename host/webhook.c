@@ -7,6 +7,7 @@
 
 #include "inbound.h"
 #include "log.h"
+#include "map.h"
 #include "respond.h"
 
 #include <stdlib.h>
@@ -240,10 +241,10 @@ void sbh_reply_deliver(struct sbh_slot *slot, struct sb_reply *r)
         reply_free(r);
         return;
     }
-    struct sb_instance *inst;
-    TAILQ_FOREACH (inst, &slot->instances, link)
-        if (!strcmp(inst->id, r->instance_id))
-            break;
+    /* One lookup whatever the number of instances. */
+    struct sb_instance *inst = sbh_map_get(slot->reg->by_id, r->instance_id);
+    if (inst && inst->slot != slot)
+        inst = NULL;
     if (!inst) {
         sbh_reply_error(r, 404, "instance_not_found", "no such instance for this provider");
         return;
