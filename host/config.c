@@ -595,6 +595,13 @@ const struct sbh_instance_conf *sbh_config_instance(const struct sbh_config *cfg
     return NULL;
 }
 
+unsigned sbh_config_uint(const struct sbh_config *cfg, const char *section, const char *key,
+                         unsigned dflt)
+{
+    json_t *v = json_object_get(json_object_get(cfg->merged, section), key);
+    return json_is_integer(v) ? (unsigned)json_integer_value(v) : dflt;
+}
+
 void sbh_config_log_error(const struct sbh_config_error *err)
 {
     json_t *fields = json_pack("{s:s, s:i, s:i, s:s, s:s}", "file", err->file, "line", err->line,

@@ -81,6 +81,13 @@ void sbh_config_free(struct sbh_config *cfg);
 const struct sbh_plugin_conf *sbh_config_plugin(const struct sbh_config *cfg, const char *name);
 const struct sbh_instance_conf *sbh_config_instance(const struct sbh_config *cfg, const char *id);
 
+/*
+ * An unsigned setting section.key of the effective document, or dflt when
+ * unset (the schema has already checked its type and range).
+ */
+unsigned sbh_config_uint(const struct sbh_config *cfg, const char *section, const char *key,
+                         unsigned dflt);
+
 /* The error as one log line (level error, message "config rejected"). */
 void sbh_config_log_error(const struct sbh_config_error *err);
 

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-enum ftype { F_STRING, F_INT, F_BOOL, F_OBJECT, F_STRUCT, F_MAP };
+enum ftype { F_STRING, F_INT, F_BOOL, F_OBJECT, F_STRUCT, F_MAP, F_STRLIST };
 
 /* A field of an object. F_STRUCT: fixed keys in sub. F_MAP: any key, each
  * value an F_STRUCT described by sub. F_OBJECT: free-form object. */
@@ -26,7 +26,8 @@ static const struct field listen_fields[] = {
 static const struct field plugin_fields[] = {
     {"enabled", F_BOOL, NULL, 0, 0, NULL},        {"file", F_STRING, NULL, 0, 0, NULL},
     {"webhook_path", F_STRING, NULL, 0, 0, NULL}, {"isolation", F_STRING, NULL, 0, 0, isolations},
-    {"config", F_OBJECT, NULL, 0, 0, NULL},       {NULL, 0, NULL, 0, 0, NULL},
+    {"config", F_OBJECT, NULL, 0, 0, NULL},
+    {"allow_from", F_STRLIST, NULL, 0, 0, NULL},       {NULL, 0, NULL, 0, 0, NULL},
 };
 static const struct field instance_fields[] = {
     {"provider", F_STRING, NULL, 0, 0, NULL},
@@ -34,6 +35,31 @@ static const struct field instance_fields[] = {
     {"settings", F_OBJECT, NULL, 0, 0, NULL},
     {NULL, 0, NULL, 0, 0, NULL},
 };
+static const struct field outbox_fields[] = {
+    {"max_attempts", F_INT, NULL, 1, 1000, NULL},
+    {"backoff_base_ms", F_INT, NULL, 1, 3600000, NULL},
+    {"backoff_max_ms", F_INT, NULL, 1, 86400000, NULL},
+    {"breaker_failures", F_INT, NULL, 1, 100000, NULL},
+    {"breaker_cooldown_ms", F_INT, NULL, 1, 86400000, NULL},
+    {"max_in_flight", F_INT, NULL, 1, 100000, NULL},
+    {"batch_max", F_INT, NULL, 1, 10000, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+static const struct field subscription_fields[] = {
+    {"retry_base_ms", F_INT, NULL, 1, 3600000, NULL},
+    {"max_attempts", F_INT, NULL, 1, 100, NULL},
+    {"timeout_ms", F_INT, NULL, 100, 600000, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+static const struct field limit_fields[] = {
+    {"api_per_key_rps", F_INT, NULL, 0, 10000000, NULL},
+    {"api_burst", F_INT, NULL, 0, 10000000, NULL},
+    {"webhook_per_ip_rps", F_INT, NULL, 0, 10000000, NULL},
+    {"webhook_burst", F_INT, NULL, 0, 10000000, NULL},
+    {"max_body_bytes", F_INT, NULL, 1024, 1073741824, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+
 static const struct field top_fields[] = {
     {"listen", F_STRUCT, listen_fields, 0, 0, NULL},
     {"state_dir", F_STRING, NULL, 0, 0, NULL},
@@ -44,13 +70,17 @@ static const struct field top_fields[] = {
     {"database_url", F_STRING, NULL, 0, 0, NULL},
     {"migrations_dir", F_STRING, NULL, 0, 0, NULL},
     {"master_key_file", F_STRING, NULL, 0, 0, NULL},
+    {"outbox", F_STRUCT, outbox_fields, 0, 0, NULL},
+    {"subscriptions", F_STRUCT, subscription_fields, 0, 0, NULL},
+    {"limits", F_STRUCT, limit_fields, 0, 0, NULL},
     {"plugins", F_MAP, plugin_fields, 0, 0, NULL},
     {"instances", F_MAP, instance_fields, 0, 0, NULL},
     {NULL, 0, NULL, 0, 0, NULL},
 };
 
 static const char *const type_names[] = {"a string",  "an integer", "true or false",
-                                         "an object", "an object",  "an object"};
+                                         "an object", "an object",  "an object",
+                                         "an array of strings"};
 
 static int fail(struct sbh_schema_error *err, const char *fmt, const char *arg)
 {
@@ -78,6 +108,14 @@ static int check_value(json_t *v, const struct field *f, struct sbh_schema_error
     case F_BOOL:
         ok = json_is_boolean(v);
         break;
+    case F_STRLIST: {
+        size_t i;
+        json_t *item;
+        ok = json_is_array(v);
+        json_array_foreach (v, i, item)
+            ok = ok && json_is_string(item);
+        break;
+    }
     default:
         ok = json_is_object(v);
     }

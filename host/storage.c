@@ -213,6 +213,15 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
     sbh_kv_attach(d->kv, d->db);
     struct sbh_outbox_conf oc;
     sbh_outbox_conf_default(&oc);
+    oc.max_attempts = sbh_config_uint(d->cfg, "outbox", "max_attempts", oc.max_attempts);
+    oc.backoff_base_ms = sbh_config_uint(d->cfg, "outbox", "backoff_base_ms", oc.backoff_base_ms);
+    oc.backoff_max_ms = sbh_config_uint(d->cfg, "outbox", "backoff_max_ms", oc.backoff_max_ms);
+    oc.breaker_failures =
+        sbh_config_uint(d->cfg, "outbox", "breaker_failures", oc.breaker_failures);
+    oc.breaker_cooldown_ms =
+        sbh_config_uint(d->cfg, "outbox", "breaker_cooldown_ms", oc.breaker_cooldown_ms);
+    oc.max_in_flight = sbh_config_uint(d->cfg, "outbox", "max_in_flight", oc.max_in_flight);
+    oc.batch_max = sbh_config_uint(d->cfg, "outbox", "batch_max", oc.batch_max);
     d->inbound = sbh_inbound_new(d->base, d->db);
     d->events = sbh_events_new(d->base);
     if (!d->inbound || !d->events) {
