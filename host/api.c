@@ -260,6 +260,8 @@ static const char *route_label(const char *res, const char *id, const char *acti
         return "/v1/providers";
     if (!strcmp(res, "events") && !*id)
         return "/v1/events";
+    if (!strcmp(res, "subscriptions"))
+        return *id ? "/v1/subscriptions/{id}" : "/v1/subscriptions";
     return "other";
 }
 
@@ -303,6 +305,8 @@ int sbh_api_dispatch(struct sbh_daemon *d, struct evhttp_request *req, const cha
         sbh_api_messages(call, method);
     else if (!strcmp(res, "events"))
         serve_events(call, method);
+    else if (!strcmp(res, "subscriptions"))
+        sbh_api_subscriptions(call, method);
     else
         sbh_api_keys(call, method);
     return 1;

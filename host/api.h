@@ -59,6 +59,7 @@ void sbh_api_instances(struct sbh_call *call, enum evhttp_cmd_type method, const
 void sbh_api_keys(struct sbh_call *call, enum evhttp_cmd_type method);
 void sbh_api_instance_messages(struct sbh_call *call, enum evhttp_cmd_type method);
 void sbh_api_messages(struct sbh_call *call, enum evhttp_cmd_type method);
+void sbh_api_subscriptions(struct sbh_call *call, enum evhttp_cmd_type method);
 
 /* Start-up work on a synchronous connection (before the loop runs). */
 int sbh_api_bootstrap_admin_key(MYSQL *conn, struct sbh_auth *auth, char *why, size_t why_len);

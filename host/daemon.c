@@ -5,6 +5,7 @@
 #include "log.h"
 #include "inbound.h"
 #include "outbox.h"
+#include "subscriptions.h"
 #include "secrets.h"
 #include "metrics.h"
 #include "notify.h"
@@ -161,7 +162,8 @@ static void on_drain_poll(evutil_socket_t fd, short what, void *arg)
     struct sbh_daemon *d = arg;
     if (sbh_registry_pending(d->reg) == 0 && d->api_inflight == 0 &&
         (!d->outbox || sbh_outbox_unsaved(d->outbox) == 0) &&
-        (!d->inbound || sbh_inbound_unsaved(d->inbound) == 0))
+        (!d->inbound || sbh_inbound_unsaved(d->inbound) == 0) &&
+        (!d->subs || sbh_subs_unsaved(d->subs) == 0))
         finish_shutdown(d);
 }
 

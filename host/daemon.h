@@ -21,6 +21,7 @@ struct sbh_db_restart;
 struct sbh_outbox;
 struct sbh_inbound;
 struct sbh_events;
+struct sbh_subs;
 struct sbh_keyring;
 
 struct sbh_watch;
@@ -53,6 +54,7 @@ struct sbh_daemon {
     struct sbh_outbox *outbox;
     struct sbh_inbound *inbound;
     struct sbh_events *events;
+    struct sbh_subs *subs;
     struct sbh_httpc *httpc; /* outbound HTTP for plugins (and the host) */
     struct event *key_refresh;
     unsigned api_inflight;

@@ -12,6 +12,7 @@
 #include "events.h"
 #include "inbound.h"
 #include "migrate.h"
+#include "subscriptions.h"
 #include "outbox.h"
 #include "secrets.h"
 
@@ -229,6 +230,14 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
         goto out;
     }
     sbh_inbound_on_event(d->inbound, sbh_events_publish, d->events);
+    struct sbh_subs_conf sc = {
+        .retry_base_ms = sbh_config_uint(d->cfg, "subscriptions", "retry_base_ms", 1000),
+        .max_attempts = sbh_config_uint(d->cfg, "subscriptions", "max_attempts", 8),
+        .timeout_ms = sbh_config_uint(d->cfg, "subscriptions", "timeout_ms", 10000)};
+    d->subs = sbh_subs_new(d->base, d->db, d->httpc, &sc);
+    if (!d->subs || sbh_subs_load(d->subs, conn, d->ring, why, why_len) < 0)
+        goto out;
+    sbh_inbound_on_event(d->inbound, sbh_subs_publish, d->subs);
     sbh_registry_set_inbound(d->reg, d->inbound);
     d->outbox = sbh_outbox_new(d->base, d->db, d->reg, &oc);
     if (!d->outbox || sbh_outbox_recover(d->outbox, conn, why, why_len) < 0)
@@ -277,6 +286,8 @@ void sbh_storage_close(struct sbh_daemon *d)
     d->inbound = NULL;
     sbh_events_free(d->events);
     d->events = NULL;
+    sbh_subs_free(d->subs);
+    d->subs = NULL;
     sbh_kv_free(d->kv);
     d->kv = NULL;
     if (d->mariadb.pid)
