@@ -2,6 +2,7 @@
 
 #include "events.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "respond.h"
 
 #include <stdarg.h>
@@ -210,6 +211,20 @@ static int authenticate(struct sbh_call *call)
     return -1;
 }
 
+/* 1 when the key has used up its requests for now (answered 429). */
+static int rate_limited(struct sbh_call *call)
+{
+    unsigned wait = 0;
+    if (sbh_ratelimit_take(call->d->api_limit, call->who.key_id, &wait))
+        return 0;
+    char after[16];
+    snprintf(after, sizeof(after), "%u", wait);
+    evhttp_add_header(evhttp_request_get_output_headers(call->req), "Retry-After", after);
+    sbh_call_error(call, 429, "rate_limited", NULL, "too many requests for this key; retry in %u s",
+                   wait);
+    return 1;
+}
+
 static void serve_providers(struct sbh_call *call, enum evhttp_cmd_type method)
 {
     if (method != EVHTTP_REQ_GET) {
@@ -294,7 +309,7 @@ int sbh_api_dispatch(struct sbh_daemon *d, struct evhttp_request *req, const cha
         sbh_call_error(call, 503, "shutting_down", NULL, "the daemon is shutting down");
         return 1;
     }
-    if (authenticate(call) < 0 || parse_body(call) < 0)
+    if (authenticate(call) < 0 || rate_limited(call) || parse_body(call) < 0)
         return 1;
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     if (!strcmp(res, "providers"))

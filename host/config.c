@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include "cidr.h"
 #include "config_schema.h"
 #include "json_locate.h"
 #include "log.h"
@@ -373,6 +374,18 @@ static int build_plugins(struct sbh_config *cfg, const struct sources *srcs,
                                                                              : SBH_ISOLATION_INPROC;
         json_t *conf = json_object_get(p, "config");
         pc->config = conf ? json_incref(conf) : json_object();
+        json_t *allow = json_object_get(p, "allow_from");
+        pc->allow_from = allow ? json_incref(allow) : NULL;
+        size_t ai;
+        json_t *net;
+        json_array_foreach (allow, ai, net) {
+            if (sbh_cidr_valid(json_string_value(net)) == 0)
+                continue;
+            path[2] = "allow_from";
+            locate_merged(srcs, path, 3, "allow_from", err,
+                          "allow_from holds something that is not an address or CIDR network");
+            return -1;
+        }
 
         struct stat st;
         if (!valid_webhook_path(pc->webhook_path)) {
@@ -559,6 +572,7 @@ void sbh_config_free(struct sbh_config *cfg)
         free(cfg->plugins[i].file);
         free(cfg->plugins[i].webhook_path);
         json_decref(cfg->plugins[i].config);
+        json_decref(cfg->plugins[i].allow_from);
     }
     for (size_t i = 0; i < cfg->n_instances; i++) {
         free(cfg->instances[i].id);

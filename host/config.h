@@ -21,6 +21,7 @@ struct sbh_plugin_conf {
     char *webhook_path;
     enum sbh_isolation isolation;
     json_t *config; /* the plugin's own section, handed to init() */
+    json_t *allow_from; /* CIDRs allowed to call its webhooks, or NULL for anyone */
 };
 
 struct sbh_instance_conf {

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "inbound.h"
 #include "outbox.h"
+#include "ratelimit.h"
 #include "subscriptions.h"
 #include "secrets.h"
 #include "metrics.h"
@@ -57,6 +58,23 @@ static void count_reload(const char *result)
 {
     sbh_metrics_add("switchboard_reloads_total", "Config reloads by result", 1, "result", result,
                     NULL);
+}
+
+void sbh_daemon_apply_limits(struct sbh_daemon *d, const struct sbh_config *cfg)
+{
+    unsigned api = sbh_config_uint(cfg, "limits", "api_per_key_rps", 0);
+    unsigned hook = sbh_config_uint(cfg, "limits", "webhook_per_ip_rps", 0);
+    if (!d->api_limit)
+        d->api_limit = sbh_ratelimit_new(0, 0);
+    if (!d->hook_limit)
+        d->hook_limit = sbh_ratelimit_new(0, 0);
+    if (d->api_limit)
+        sbh_ratelimit_set(d->api_limit, api, sbh_config_uint(cfg, "limits", "api_burst", 0));
+    if (d->hook_limit)
+        sbh_ratelimit_set(d->hook_limit, hook, sbh_config_uint(cfg, "limits", "webhook_burst", 0));
+    if (d->http)
+        evhttp_set_max_body_size(d->http, sbh_config_uint(cfg, "limits", "max_body_bytes",
+                                                          1024 * 1024));
 }
 
 static void on_swaps_done(void *arg)
@@ -123,6 +141,7 @@ int sbh_daemon_reload(struct sbh_daemon *d)
     if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0)
         sbh_warn("reload", "state_dir changes take effect at the next start");
     reload_keyring(d, cfg);
+    sbh_daemon_apply_limits(d, cfg);
     sbh_config_free(d->cfg);
     d->cfg = cfg;
     sbh_log_set_level((enum sb_log_level)cfg->log_level);
@@ -285,6 +304,8 @@ int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_con
         return -1;
     sbh_registry_set_httpc(d->reg, d->httpc);
     sbh_registry_set_event_sink(d->reg, on_event, d);
+    sbh_daemon_apply_limits(d, d->cfg);
+    sbh_registry_set_webhook_limit(d->reg, d->hook_limit);
     sbh_registry_set_swap_done(d->reg, on_swaps_done, d);
     sbh_registry_set_swap_timeout(d->reg, d->cfg->swap_timeout_ms);
     char why[1024];
@@ -317,6 +338,8 @@ void sbh_daemon_free(struct sbh_daemon *d)
     d->httpc = NULL;
     sbh_storage_close(d);
     sbh_watch_free(d->watch);
+    sbh_ratelimit_free(d->api_limit);
+    sbh_ratelimit_free(d->hook_limit);
     for (size_t i = 0; i < sizeof(d->signals) / sizeof(d->signals[0]); i++)
         if (d->signals[i])
             event_free(d->signals[i]);

@@ -22,6 +22,7 @@ struct sbh_outbox;
 struct sbh_inbound;
 struct sbh_events;
 struct sbh_subs;
+struct sbh_ratelimit;
 struct sbh_keyring;
 
 struct sbh_watch;
@@ -58,6 +59,8 @@ struct sbh_daemon {
     struct sbh_httpc *httpc; /* outbound HTTP for plugins (and the host) */
     struct event *key_refresh;
     unsigned api_inflight;
+    struct sbh_ratelimit *api_limit;  /* per API key */
+    struct sbh_ratelimit *hook_limit; /* per client address on webhooks */
     int reload_wanted; /* a reload waits for a swap to end */
     int stopping;
     int exit_code;
@@ -85,6 +88,9 @@ void sbh_storage_close(struct sbh_daemon *d);
 /* Commands: `switchboardd migrate [--status]` and `switchboardd rotate-key`. */
 int sbh_cmd_migrate(const struct sbh_config *cfg, int status_only);
 int sbh_cmd_rotate_key(const struct sbh_config *cfg);
+
+/* Apply the "limits" section: rates and the body cap (start-up and reload). */
+void sbh_daemon_apply_limits(struct sbh_daemon *d, const struct sbh_config *cfg);
 
 /* http.c: serve the API on d->http. */
 int sbh_http_setup(struct sbh_daemon *d);

@@ -1,7 +1,10 @@
 #include "registry.h"
 
 #include "httpc.h"
+#include "cidr.h"
 #include "loader.h"
+#include "ratelimit.h"
+#include "respond.h"
 #include "map.h"
 #include "log.h"
 #include "metrics.h"
@@ -62,6 +65,11 @@ void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc)
 void sbh_registry_set_inbound(struct sbh_registry *reg, struct sbh_inbound *inbound)
 {
     reg->inbound = inbound;
+}
+
+void sbh_registry_set_webhook_limit(struct sbh_registry *reg, struct sbh_ratelimit *rl)
+{
+    reg->hook_limit = rl;
 }
 
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms)
@@ -268,6 +276,7 @@ static void slot_free(struct sbh_slot *slot)
     free(slot->webhook_path);
     free(slot->failure);
     json_decref(slot->plugin_config);
+    json_decref(slot->allow_from);
     free(slot);
 }
 
@@ -593,6 +602,8 @@ int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, c
     }
     TAILQ_FOREACH (slot, &reg->slots, link) {
         const struct sbh_plugin_conf *pc = sbh_config_plugin(cfg, slot->name);
+        json_decref(slot->allow_from);
+        slot->allow_from = pc->allow_from ? json_incref(pc->allow_from) : NULL;
         if (strcmp(slot->webhook_path, pc->webhook_path) != 0) {
             free(slot->webhook_path);
             slot->webhook_path = strdup(pc->webhook_path);
@@ -605,6 +616,34 @@ int sbh_registry_apply(struct sbh_registry *reg, const struct sbh_config *cfg, c
 }
 
 /* ---- webhooks ---- */
+
+/* Allow-list and per-address rate limit; 1 when the request was refused. */
+static int webhook_gate(struct sbh_slot *slot, struct evhttp_request *req)
+{
+    char *addr = NULL, route[160];
+    ev_uint16_t port = 0;
+    unsigned wait = 0;
+    evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
+    snprintf(route, sizeof(route), "%s/{instance}", slot->webhook_path);
+    if (slot->allow_from && (!addr || !sbh_cidr_match(slot->allow_from, addr))) {
+        sbh_metrics_add("switchboard_webhooks_refused_total", "Webhook requests refused", 1,
+                        "provider", slot->name, "reason", "not_allowed", SBH_END);
+        sbh_respond_error(req, route, 403, "forbidden_address",
+                          "this address may not call this webhook", NULL);
+        return 1;
+    }
+    if (addr && !sbh_ratelimit_take(slot->reg->hook_limit, addr, &wait)) {
+        char after[16];
+        snprintf(after, sizeof(after), "%u", wait);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", after);
+        sbh_metrics_add("switchboard_webhooks_refused_total", "Webhook requests refused", 1,
+                        "provider", slot->name, "reason", "rate_limited", SBH_END);
+        sbh_respond_error(req, route, 429, "rate_limited", "too many requests from this address",
+                          json_pack("{s:i}", "retry_after", (int)wait));
+        return 1;
+    }
+    return 0;
+}
 
 int sbh_registry_webhook(struct sbh_registry *reg, struct evhttp_request *req, const char *path)
 {
@@ -620,6 +659,8 @@ int sbh_registry_webhook(struct sbh_registry *reg, struct evhttp_request *req, c
     }
     if (!slot)
         return 0;
+    if (webhook_gate(slot, req))
+        return 1;
     struct sb_reply *r = sbh_reply_new(slot, req, rest);
     if (!r) {
         evhttp_send_error(req, 500, "out of memory");

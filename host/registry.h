@@ -44,6 +44,10 @@ void sbh_registry_set_inbound(struct sbh_registry *reg, struct sbh_inbound *inbo
 struct sbh_httpc;
 void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc);
 
+/* The per-address limiter of webhook routes (borrowed; NULL: unlimited). */
+struct sbh_ratelimit;
+void sbh_registry_set_webhook_limit(struct sbh_registry *reg, struct sbh_ratelimit *rl);
+
 /* Bound on how long an old generation may drain during a swap. */
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms);
 

@@ -129,6 +129,7 @@ struct sbh_slot {
     char *file;
     char *webhook_path;
     json_t *plugin_config;
+    json_t *allow_from; /* CIDRs, or NULL */
     enum sbh_slot_state state;
     char *failure; /* why it is FAILED */
     struct sb_plugin *cur;
@@ -161,6 +162,7 @@ struct sbh_registry {
     struct sbh_inbound *inbound; /* stores emitted events; NULL: only the sink sees them */
     struct sb_reply *current;    /* the webhook a plugin is handling right now */
     size_t storing;              /* answers waiting for their events to be stored */
+    struct sbh_ratelimit *hook_limit; /* per client address on webhook routes */
     struct sbh_httpc *httpc; /* backs http_request/http_cancel; NULL: not offered */
 };
 
