@@ -193,6 +193,15 @@ static json_t *instance_doc(struct sbh_daemon *d, const json_t *row)
                      json_object_get(row, "updated_at"), "status", status);
 }
 
+/* 1 when id is an instance of the config file (known to the registry, not the table). */
+static int config_instance(const struct sbh_daemon *d, const char *id)
+{
+    json_t *status = sbh_registry_instance_status(d->reg, id);
+    int yes = json_is_true(json_object_get(status, "config_managed"));
+    json_decref(status);
+    return yes;
+}
+
 /* A config file instance, seen only in the registry. */
 static int reply_config_instance(struct sbh_call *call)
 {
@@ -479,7 +488,7 @@ static void merge_patch(json_t *target, const json_t *patch)
 
 static void then_patch_loaded(struct sbh_call *call, int rc)
 {
-    if (rc == SBH_DB_NOTFOUND && sbh_registry_instance_status(call->d->reg, call->id))
+    if (rc == SBH_DB_NOTFOUND && config_instance(call->d, call->id))
         return sbh_call_error(call, 409, "config_managed", NULL,
                               "instance %s is defined in the config file; edit it there", call->id);
     if (rc != SBH_DB_OK)
@@ -541,7 +550,7 @@ static void patch_instance(struct sbh_call *call)
 
 static void then_deleted(struct sbh_call *call, int rc)
 {
-    if (rc == SBH_DB_NOTFOUND && sbh_registry_instance_status(call->d->reg, call->id))
+    if (rc == SBH_DB_NOTFOUND && config_instance(call->d, call->id))
         return sbh_call_error(call, 409, "config_managed", NULL,
                               "instance %s is defined in the config file; remove it there",
                               call->id);
