@@ -34,7 +34,9 @@
 #define STOP_TIMEOUT_MS 20000
 #define POLL_MS 100
 
-static const char *const g_servers[] = {"/usr/sbin/mariadbd", "/usr/sbin/mysqld", NULL};
+/* Debian's paths, then Fedora's (/usr/libexec). */
+static const char *const g_servers[] = {"/usr/sbin/mariadbd", "/usr/sbin/mysqld",
+                                        "/usr/libexec/mariadbd", "/usr/libexec/mysqld", NULL};
 static const char *const g_installers[] = {"/usr/bin/mariadb-install-db",
                                            "/usr/bin/mysql_install_db", NULL};
 
@@ -144,6 +146,8 @@ static pid_t spawn(char *const argv[], const char *log_path, int out_to_log, cha
         dup2(out_to_log ? log : null, 1);
         dup2(log, 2);
         close_from_3();
+        /* systemd's readiness socket is ours: the server must not say READY. */
+        unsetenv("NOTIFY_SOCKET");
         execv(argv[0], argv);
         _exit(127);
     }

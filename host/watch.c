@@ -31,6 +31,9 @@ static int relevant(const struct inotify_event *ev)
 {
     if (ev->mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF))
         return 1;
+    /* Kubernetes swaps a mounted ConfigMap by renaming its ..data link. */
+    if (ev->len && !strcmp(ev->name, "..data"))
+        return 1;
     if (!ev->len || ev->name[0] == '.')
         return 0; /* hidden temp files: the rename that follows counts */
     size_t n = strlen(ev->name);
