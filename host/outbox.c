@@ -1,5 +1,6 @@
 #include "outbox.h"
 
+#include "clock.h"
 #include "log.h"
 #include "map.h"
 #include "metrics.h"
@@ -88,19 +89,6 @@ struct sbh_outbox {
     size_t accepts_in_flight;
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void arm(struct event *ev, uint64_t ms)
-{
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
-    event_add(ev, &tv);
-}
-
 void sbh_outbox_conf_default(struct sbh_outbox_conf *conf)
 {
     *conf = (struct sbh_outbox_conf){.max_attempts = 8,
@@ -119,7 +107,7 @@ static void pump(struct lane *lane);
 static void on_lane_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct lane *lane = arg;
-    uint64_t now = now_ms();
+    uint64_t now = sbh_now_ms();
     struct msg *m;
     while ((m = TAILQ_FIRST(&lane->delayed)) != NULL && m->due_ms <= now) {
         TAILQ_REMOVE(&lane->delayed, m, link);
@@ -132,7 +120,7 @@ static void on_lane_timer(evutil_socket_t fd, short what, void *arg)
 /* Wake the lane for its next due message or the end of its breaker's cooldown. */
 static void rearm(struct lane *lane)
 {
-    uint64_t now = now_ms(), at = UINT64_MAX;
+    uint64_t now = sbh_now_ms(), at = UINT64_MAX;
     struct msg *m = TAILQ_FIRST(&lane->delayed);
     if (m)
         at = m->due_ms;
@@ -142,7 +130,7 @@ static void rearm(struct lane *lane)
         event_del(lane->timer);
         return;
     }
-    arm(lane->timer, at > now ? at - now : 0);
+    sbh_timer_arm_ms(lane->timer, at > now ? at - now : 0);
 }
 
 static struct lane *lane_get(struct sbh_outbox *ob, const char *instance_id)
@@ -181,7 +169,7 @@ static void msg_free(struct msg *m)
 static void delay(struct msg *m, uint64_t ms)
 {
     struct lane *lane = m->lane;
-    m->due_ms = now_ms() + ms;
+    m->due_ms = sbh_now_ms() + ms;
     m->where = W_DELAYED;
     struct msg *after = TAILQ_LAST(&lane->delayed, msg_list);
     while (after && after->due_ms > m->due_ms)
@@ -247,7 +235,7 @@ static int breaker_allows(struct lane *lane)
     if (lane->breaker == B_CLOSED)
         return 1;
     if (lane->breaker == B_OPEN) {
-        if (now_ms() < lane->open_until_ms)
+        if (sbh_now_ms() < lane->open_until_ms)
             return 0;
         lane->breaker = B_HALF_OPEN;
         sbh_log(SB_LOG_INFO, "outbox", NULL, lane->instance_id, "circuit breaker half-open: probing");
@@ -266,7 +254,7 @@ static void pump(struct lane *lane)
         TAILQ_REMOVE(&lane->ready, m, link);
         m->where = W_SENDING;
         m->attempts++;
-        m->started_ms = now_ms();
+        m->started_ms = sbh_now_ms();
         lane->in_flight++;
         int rc = sbh_registry_send(ob->reg, lane->instance_id, m->body, on_sent, m);
         if (rc == 0)
@@ -356,7 +344,7 @@ static void breaker_failure(struct lane *lane)
     if (reopen && lane->cooldown_ms < 8 * c->breaker_cooldown_ms)
         lane->cooldown_ms *= 2;
     lane->breaker = B_OPEN;
-    lane->open_until_ms = now_ms() + lane->cooldown_ms;
+    lane->open_until_ms = sbh_now_ms() + lane->cooldown_ms;
     sbh_log(SB_LOG_WARN, "outbox", NULL, lane->instance_id,
             "circuit breaker open for %u ms after %u failures", lane->cooldown_ms, lane->failures);
 }
@@ -376,7 +364,7 @@ static void handle_result(struct msg *m)
     const struct sbh_outbox_conf *c = &lane->ob->conf;
     lane->in_flight--;
     sbh_metrics_add("switchboard_send_seconds_total", "Time spent in provider sends",
-                    (double)(now_ms() - m->started_ms) / 1000.0, SBH_END);
+                    (double)(sbh_now_ms() - m->started_ms) / 1000.0, SBH_END);
     if (m->ok) {
         breaker_success(lane);
         finish(m, "sent");
@@ -477,7 +465,7 @@ static void done_updates(void *arg, int rc)
         json_array_extend(b->updates, ob->updates);
         json_decref(ob->updates);
         ob->updates = json_incref(b->updates);
-        arm(ob->persist_ev, PERSIST_RETRY_MS);
+        sbh_timer_arm_ms(ob->persist_ev, PERSIST_RETRY_MS);
     } else if (json_array_size(ob->updates)) {
         persist_soon(ob);
     }
@@ -504,7 +492,7 @@ static void on_persist(evutil_socket_t fd, short what, void *arg)
 static void persist_soon(struct sbh_outbox *ob)
 {
     if (!ob->persisting && !evtimer_pending(ob->persist_ev, NULL))
-        arm(ob->persist_ev, 0);
+        sbh_timer_arm_ms(ob->persist_ev, 0);
 }
 
 /* ---- accepting ---- */
@@ -722,7 +710,7 @@ void sbh_outbox_accept(struct sbh_outbox *ob, json_t *row, sbh_accept_fn done, v
     ob->pending_tail = &a->next;
     /* Every request that arrives in this loop turn joins one transaction. */
     if (++ob->pending_n == 1)
-        arm(ob->flush_ev, 0);
+        sbh_timer_arm_ms(ob->flush_ev, 0);
 }
 
 /* ---- recovery, views, life cycle ---- */

@@ -1,6 +1,7 @@
 #include "subscriptions.h"
 
 #include "httpc.h"
+#include "clock.h"
 #include "log.h"
 #include "map.h"
 #include "metrics.h"
@@ -58,19 +59,6 @@ struct sbh_subs {
     int writing;
     struct event *wake, *write_ev;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void arm(struct event *ev, uint64_t ms)
-{
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
-    event_add(ev, &tv);
-}
 
 /* ---- signing ---- */
 
@@ -177,7 +165,7 @@ static int contains(const json_t *arr, const char *s)
 static void write_soon(struct sbh_subs *subs)
 {
     if (!subs->writing && !evtimer_pending(subs->write_ev, NULL))
-        arm(subs->write_ev, 0);
+        sbh_timer_arm_ms(subs->write_ev, 0);
 }
 
 static int write_rows(MYSQL *conn, void *arg)
@@ -233,7 +221,7 @@ static void done_rows(void *arg, int rc)
         subs->updates = json_incref(j->rows);
         json_decref(j->rows);
         free(j);
-        arm(subs->write_ev, RETRY_WRITE_MS);
+        sbh_timer_arm_ms(subs->write_ev, RETRY_WRITE_MS);
         return;
     }
     /* Rows stored: the new deliveries may go now. */
@@ -286,7 +274,7 @@ static void dlv_free(struct dlv *d)
 
 static void queue_due(struct sbh_subs *subs, struct dlv *d, uint64_t delay_ms)
 {
-    d->due_ms = now_ms() + delay_ms;
+    d->due_ms = sbh_now_ms() + delay_ms;
     struct dlv *after = TAILQ_LAST(&subs->due, dlv_list);
     while (after && after->due_ms > d->due_ms)
         after = TAILQ_PREV(after, dlv_list, link);
@@ -358,7 +346,7 @@ static void send_one(struct sbh_subs *subs, struct dlv *d, const struct sub *s)
 
 static void pump(struct sbh_subs *subs)
 {
-    uint64_t now = now_ms();
+    uint64_t now = sbh_now_ms();
     struct dlv *d;
     while (subs->n_sending < MAX_IN_FLIGHT && (d = TAILQ_FIRST(&subs->due)) && d->due_ms <= now) {
         TAILQ_REMOVE(&subs->due, d, link);
@@ -371,7 +359,7 @@ static void pump(struct sbh_subs *subs)
     }
     d = TAILQ_FIRST(&subs->due);
     if (d)
-        arm(subs->wake, d->due_ms > now ? d->due_ms - now : 0);
+        sbh_timer_arm_ms(subs->wake, d->due_ms > now ? d->due_ms - now : 0);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
