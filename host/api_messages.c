@@ -219,8 +219,7 @@ static void send_message(struct sbh_call *call)
 {
     uint32_t caps;
     const char *provider;
-    if (sbh_registry_instance_caps(call->d->reg, call->id, &caps, &provider) < 0)
-        return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
+    sbh_registry_instance_caps(call->d->reg, call->id, &caps, &provider);
     if (check_message(call) < 0)
         return;
     const char *key = evhttp_find_header(evhttp_request_get_input_headers(call->req),
@@ -357,6 +356,10 @@ static void list_messages(struct sbh_call *call)
 
 void sbh_api_instance_messages(struct sbh_call *call, enum evhttp_cmd_type method)
 {
+    uint32_t caps;
+    const char *provider;
+    if (sbh_registry_instance_caps(call->d->reg, call->id, &caps, &provider) < 0)
+        return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
     if (method == EVHTTP_REQ_POST)
         return send_message(call);
     if (method == EVHTTP_REQ_GET)
