@@ -326,6 +326,10 @@ MYSQL *sbh_db_connect(const struct sbh_db_params *p, char *why, size_t why_len)
     mysql_options(conn, MYSQL_OPT_RECONNECT, &no);
     /* NOW() and CURRENT_TIMESTAMP in UTC whatever the server's zone is. */
     mysql_options(conn, MYSQL_INIT_COMMAND, "SET time_zone = '+00:00'");
+    /* Batches from several workers touch neighbouring outbox rows: without gap
+     * locks (READ COMMITTED) they deadlock far less. */
+    mysql_options(conn, MYSQL_INIT_COMMAND,
+                  "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
     if (!mysql_real_connect(conn, p->host, p->user, p->password, p->database, p->port, p->socket,
                             0)) {
         /* The server's messages name user and host, never the password. */
@@ -344,12 +348,17 @@ MYSQL *sbh_db_connect(const struct sbh_db_params *p, char *why, size_t why_len)
  * pool names it when it drops the connection (statement errors live on the
  * statement, which is closed by then). */
 static __thread char t_conn_error[200];
+/* The error number of the last failed statement on this thread. */
+static __thread unsigned t_last_errno;
 
 /* Map a failed statement's error to a result code and log what is news. */
 static int stmt_fail(MYSQL_STMT *stmt, MYSQL *conn, const char *sql)
 {
     unsigned err = stmt ? mysql_stmt_errno(stmt) : mysql_errno(conn);
     const char *msg = stmt ? mysql_stmt_error(stmt) : mysql_error(conn);
+    t_last_errno = err;
+    if (err == ER_LOCK_DEADLOCK || err == ER_LOCK_WAIT_TIMEOUT)
+        return SBH_DB_ERROR; /* the transaction is retried; not news for the log */
     if (err == ER_DUP_ENTRY || err == ER_DUP_ENTRY_WITH_KEY_NAME)
         return SBH_DB_CONFLICT; /* an expected answer; the message quotes data */
     if (sbh_db_error_is_connection(err)) {
@@ -499,8 +508,8 @@ static int params_bind_json(struct params *ps, const json_t *values)
     return 0;
 }
 
-int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
-                     const json_t *values)
+/* Prepare, bind a JSON array and execute; *out gets the statement on SBH_DB_OK. */
+static int stmt_run_json(MYSQL *conn, MYSQL_STMT **out, const char *sql, const json_t *values)
 {
     struct params ps = {0};
     int rc = SBH_DB_ERROR;
@@ -528,8 +537,8 @@ int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
         rc = stmt_fail(stmt, conn, sql);
         goto out;
     }
-    if (affected)
-        *affected = mysql_stmt_affected_rows(stmt);
+    *out = stmt;
+    stmt = NULL;
     rc = SBH_DB_OK;
 out:
     params_free(&ps);
@@ -538,17 +547,40 @@ out:
     return rc;
 }
 
+int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
+                     const json_t *values)
+{
+    MYSQL_STMT *stmt = NULL;
+    int rc = stmt_run_json(conn, &stmt, sql, values);
+    if (rc != SBH_DB_OK)
+        return rc;
+    if (affected)
+        *affected = mysql_stmt_affected_rows(stmt);
+    mysql_stmt_close(stmt);
+    return SBH_DB_OK;
+}
+
 /* A transaction around fn: committed when it returns SBH_DB_OK, else rolled back. */
+#define TRANSACTION_TRIES 5
+
 int sbh_db_transaction(MYSQL *conn, int (*fn)(MYSQL *conn, void *arg), void *arg)
 {
-    if (mysql_autocommit(conn, 0) != 0)
-        return stmt_fail(NULL, conn, "SET autocommit = 0");
-    int rc = fn(conn, arg);
-    if (rc == SBH_DB_OK && mysql_commit(conn) != 0)
-        rc = stmt_fail(NULL, conn, "COMMIT");
-    if (rc != SBH_DB_OK)
-        mysql_rollback(conn);
-    mysql_autocommit(conn, 1);
+    int rc = SBH_DB_ERROR;
+    for (int attempt = 0; attempt < TRANSACTION_TRIES; attempt++) {
+        if (mysql_autocommit(conn, 0) != 0)
+            return stmt_fail(NULL, conn, "SET autocommit = 0");
+        t_last_errno = 0;
+        rc = fn(conn, arg);
+        if (rc == SBH_DB_OK && mysql_commit(conn) != 0)
+            rc = stmt_fail(NULL, conn, "COMMIT");
+        if (rc != SBH_DB_OK)
+            mysql_rollback(conn);
+        mysql_autocommit(conn, 1);
+        /* InnoDB chose this transaction as a deadlock victim: it is safe to redo. */
+        if (rc != SBH_DB_ERROR ||
+            (t_last_errno != ER_LOCK_DEADLOCK && t_last_errno != ER_LOCK_WAIT_TIMEOUT))
+            break;
+    }
     return rc;
 }
 
@@ -657,21 +689,13 @@ static json_t *column_value(MYSQL_STMT *stmt, struct columns *c, unsigned i)
     return v;
 }
 
-int sbh_db_query(MYSQL *conn, json_t **rows, const char *sql, const char *types, ...)
+/* Read an executed statement's rows into a JSON array, then close it. */
+static int fetch_rows(MYSQL *conn, MYSQL_STMT *stmt, const char *sql, json_t **rows)
 {
-    *rows = NULL;
-    MYSQL_STMT *stmt = NULL;
     MYSQL_RES *meta = NULL;
     struct columns c = {0};
-    json_t *arr = NULL;
-    va_list ap;
-    va_start(ap, types);
-    int rc = stmt_run(conn, &stmt, sql, types ? types : "", ap);
-    va_end(ap);
-    if (rc != SBH_DB_OK)
-        return rc;
-    rc = SBH_DB_ERROR;
-    arr = json_array();
+    int rc = SBH_DB_ERROR;
+    json_t *arr = json_array();
     if (!arr)
         goto out;
     meta = mysql_stmt_result_metadata(stmt);
@@ -714,6 +738,25 @@ out:
     else
         json_decref(arr);
     return rc;
+}
+
+int sbh_db_query(MYSQL *conn, json_t **rows, const char *sql, const char *types, ...)
+{
+    *rows = NULL;
+    MYSQL_STMT *stmt = NULL;
+    va_list ap;
+    va_start(ap, types);
+    int rc = stmt_run(conn, &stmt, sql, types ? types : "", ap);
+    va_end(ap);
+    return rc == SBH_DB_OK ? fetch_rows(conn, stmt, sql, rows) : rc;
+}
+
+int sbh_db_query_json(MYSQL *conn, json_t **rows, const char *sql, const json_t *values)
+{
+    *rows = NULL;
+    MYSQL_STMT *stmt = NULL;
+    int rc = stmt_run_json(conn, &stmt, sql, values);
+    return rc == SBH_DB_OK ? fetch_rows(conn, stmt, sql, rows) : rc;
 }
 
 /* ---- the pool ---- */

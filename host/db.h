@@ -106,6 +106,9 @@ int sbh_db_query(MYSQL *conn, json_t **rows, const char *sql, const char *types,
 int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
                      const json_t *values);
 
+/* sbh_db_query with the parameters in a JSON array (as sbh_db_exec_json). */
+int sbh_db_query_json(MYSQL *conn, json_t **rows, const char *sql, const json_t *values);
+
 /* Run fn inside one transaction: committed when it returns SBH_DB_OK,
  * rolled back otherwise; returns fn's (or the commit's) result. */
 int sbh_db_transaction(MYSQL *conn, int (*fn)(MYSQL *conn, void *arg), void *arg);

@@ -78,85 +78,185 @@ static const char *str_of(const json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
-/* The messages table mirrors message events: received ones, and states. */
-static int record_message(MYSQL *conn, const struct item *it, const char *type,
-                          const json_t *payload)
+/* A status event moves its outbound message's state, forward only. */
+static int record_status(MYSQL *conn, const char *instance, const json_t *payload)
 {
-    if (!strcmp(type, "message.received")) {
-        char id[40], *body = json_dumps(payload, JSON_COMPACT);
-        event_id(id, sizeof(id));
-        memcpy(id, "msg", 3);
-        int rc = body ? sbh_db_exec(conn, NULL,
-                                    "INSERT INTO messages (id, instance_id, direction, state, "
-                                    "sender, body, provider_message_id, created_at, updated_at) "
-                                    "VALUES (?, ?, 'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), "
-                                    "UTC_TIMESTAMP(6))",
-                                    "sssss", id, it->instance, str_of(payload, "from"), body,
-                                    str_of(payload, "message_id"))
-                      : SBH_DB_ERROR;
-        free(body);
-        return rc;
-    }
     const char *state = str_of(payload, "state"), *pmid = str_of(payload, "message_id");
-    if (strcmp(type, "message.status") != 0 || !state || !pmid)
+    if (!state || !pmid)
         return SBH_DB_OK;
     if (strcmp(state, "sent") && strcmp(state, "delivered") && strcmp(state, "read") &&
         strcmp(state, "failed"))
         return SBH_DB_OK;
-    /* States only move forward: a late "delivered" does not undo "read". */
+    /* A failure only follows what was not yet delivered. */
+    if (!strcmp(state, "failed"))
+        return sbh_db_exec(conn, NULL,
+                           "UPDATE messages SET state = 'failed', updated_at = UTC_TIMESTAMP(6) "
+                           "WHERE instance_id = ? AND provider_message_id = ? AND direction = "
+                           "'out' AND state IN ('queued', 'sending', 'sent')",
+                           "ss", instance, pmid);
+    /* A late "delivered" does not undo "read". */
     return sbh_db_exec(conn, NULL,
                        "UPDATE messages SET state = ?, updated_at = UTC_TIMESTAMP(6) "
                        "WHERE instance_id = ? AND provider_message_id = ? AND direction = 'out' "
                        "AND FIELD(state, 'queued', 'sending', 'sent', 'delivered', 'read') "
                        "< FIELD(?, 'queued', 'sending', 'sent', 'delivered', 'read')",
-                       "ssss", state, it->instance, pmid, state);
+                       "ssss", state, instance, pmid, state);
 }
 
-static int store_event(MYSQL *conn, struct item *it, const json_t *ev)
+/* "prefix" then n copies of row joined by ", ", then suffix. */
+static char *rows_sql(const char *prefix, const char *row, size_t n, const char *suffix)
 {
-    const char *type = str_of(ev, "type");
-    const json_t *payload = json_object_get(ev, "payload");
-    char id[40], at[40];
-    event_id(id, sizeof(id));
-    now_iso(at, sizeof(at));
-    json_t *env = json_pack("{s:s, s:s, s:s, s:s, s:s, s:O}", "id", id, "type", type, "provider",
-                            it->provider, "instance", it->instance, "created_at", at, "data",
-                            payload);
-    char *text = env ? json_dumps(env, JSON_COMPACT) : NULL;
-    int rc = text ? sbh_db_exec(conn, NULL,
-                                "INSERT INTO webhook_events (instance_id, provider, "
-                                "provider_event_id, payload, received_at) "
-                                "VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6))",
-                                "ssss", it->instance, it->provider, str_of(payload, "event_id"),
-                                text)
-                  : SBH_DB_ERROR;
-    free(text);
-    if (rc == SBH_DB_CONFLICT) {
-        json_decref(env); /* the provider sent this event before */
-        return SBH_DB_OK;
+    size_t len = strlen(prefix) + n * (strlen(row) + 2) + strlen(suffix) + 1;
+    char *sql = malloc(len);
+    if (!sql)
+        return NULL;
+    size_t off = (size_t)snprintf(sql, len, "%s", prefix);
+    for (size_t i = 0; i < n; i++)
+        off += (size_t)snprintf(sql + off, len - off, "%s%s", i ? ", " : "", row);
+    snprintf(sql + off, len - off, "%s", suffix);
+    return sql;
+}
+
+/*
+ * Provider event ids of this batch that are stored already. Flushes run one
+ * at a time, so nothing can slip in between this look and the insert.
+ */
+static int known_events(MYSQL *conn, const struct flush *f, json_t **known)
+{
+    json_t *values = json_array(), *rows = NULL;
+    size_t n = 0;
+    *known = json_object();
+    for (const struct item *it = f->head; it; it = it->next) {
+        size_t i;
+        json_t *ev;
+        json_array_foreach (it->events, i, ev) {
+            const char *pid = str_of(json_object_get(ev, "payload"), "event_id");
+            if (!pid)
+                continue;
+            json_array_append_new(values, json_string(it->instance));
+            json_array_append_new(values, json_string(pid));
+            n++;
+        }
     }
-    if (rc == SBH_DB_OK)
-        rc = record_message(conn, it, type, payload);
-    if (rc == SBH_DB_OK)
-        json_array_append(it->envelopes, env);
-    json_decref(env);
+    int rc = SBH_DB_OK;
+    if (n) {
+        char *sql = rows_sql("SELECT instance_id, provider_event_id FROM webhook_events WHERE "
+                             "(instance_id, provider_event_id) IN (",
+                             "(?, ?)", n, ")");
+        rc = sql ? sbh_db_query_json(conn, &rows, sql, values) : SBH_DB_ERROR;
+        free(sql);
+    }
+    size_t i;
+    json_t *row;
+    json_array_foreach (rows, i, row) {
+        char key[400];
+        snprintf(key, sizeof(key), "%s\n%s", str_of(row, "instance_id"),
+                 str_of(row, "provider_event_id"));
+        json_object_set_new(*known, key, json_true());
+    }
+    json_decref(rows);
+    json_decref(values);
     return rc;
 }
 
-static int write_flush(MYSQL *conn, void *arg)
+/* Turn the batch into envelopes, skipping redeliveries; fill the row values. */
+static size_t collect(struct flush *f, json_t *known, json_t *ev_values, json_t *msg_values,
+                      json_t **statuses)
 {
-    struct flush *f = arg;
+    size_t n_msgs = 0;
+    *statuses = json_array();
     for (struct item *it = f->head; it; it = it->next) {
         size_t i;
         json_t *ev;
         json_array_clear(it->envelopes);
         json_array_foreach (it->events, i, ev) {
-            int rc = store_event(conn, it, ev);
-            if (rc != SBH_DB_OK)
-                return rc;
+            const char *type = str_of(ev, "type");
+            json_t *payload = json_object_get(ev, "payload");
+            const char *pid = str_of(payload, "event_id");
+            char key[400], id[40], at[40];
+            if (pid) {
+                snprintf(key, sizeof(key), "%s\n%s", it->instance, pid);
+                if (json_object_get(known, key))
+                    continue; /* the provider sent this before (or twice in this batch) */
+                json_object_set_new(known, key, json_true());
+            }
+            event_id(id, sizeof(id));
+            now_iso(at, sizeof(at));
+            json_t *env = json_pack("{s:s, s:s, s:s, s:s, s:s, s:O}", "id", id, "type", type,
+                                    "provider", it->provider, "instance", it->instance,
+                                    "created_at", at, "data", payload);
+            char *text = env ? json_dumps(env, JSON_COMPACT) : NULL;
+            if (!text) {
+                json_decref(env);
+                continue;
+            }
+            json_array_append_new(ev_values, json_string(it->instance));
+            json_array_append_new(ev_values, json_string(it->provider));
+            json_array_append_new(ev_values, pid ? json_string(pid) : json_null());
+            json_array_append_new(ev_values, json_string(text));
+            free(text);
+            if (!strcmp(type, "message.received")) {
+                char *body = json_dumps(payload, JSON_COMPACT);
+                memcpy(id, "msg", 3);
+                json_array_append_new(msg_values, json_string(id));
+                json_array_append_new(msg_values, json_string(it->instance));
+                const char *from = str_of(payload, "from");
+                json_array_append_new(msg_values, from ? json_string(from) : json_null());
+                json_array_append_new(msg_values, json_string(body ? body : "{}"));
+                const char *pmid = str_of(payload, "message_id");
+                json_array_append_new(msg_values, pmid ? json_string(pmid) : json_null());
+                free(body);
+                n_msgs++;
+            } else if (!strcmp(type, "message.status")) {
+                json_array_append_new(*statuses,
+                                      json_pack("{s:s, s:O}", "instance", it->instance, "payload",
+                                                payload));
+            }
+            json_array_append_new(it->envelopes, env);
         }
     }
-    return SBH_DB_OK;
+    return n_msgs;
+}
+
+static int write_flush(MYSQL *conn, void *arg)
+{
+    struct flush *f = arg;
+    json_t *known = NULL, *ev_values = json_array(), *msg_values = json_array(), *statuses = NULL;
+    int rc = known_events(conn, f, &known);
+    if (rc != SBH_DB_OK)
+        goto out;
+    size_t n_msgs = collect(f, known, ev_values, msg_values, &statuses);
+    size_t n_events = json_array_size(ev_values) / 4;
+    /* Two statements for the whole batch, whatever its size. */
+    if (n_events) {
+        char *sql = rows_sql("INSERT INTO webhook_events (instance_id, provider, provider_event_id, "
+                             "payload, received_at) VALUES ",
+                             "(?, ?, ?, ?, UTC_TIMESTAMP(6))", n_events, "");
+        rc = sql ? sbh_db_exec_json(conn, NULL, sql, ev_values) : SBH_DB_ERROR;
+        free(sql);
+    }
+    if (rc == SBH_DB_OK && n_msgs) {
+        char *sql = rows_sql("INSERT INTO messages (id, instance_id, direction, state, sender, body, "
+                             "provider_message_id, created_at, updated_at) VALUES ",
+                             "(?, ?, 'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), "
+                             "UTC_TIMESTAMP(6))",
+                             n_msgs, "");
+        rc = sql ? sbh_db_exec_json(conn, NULL, sql, msg_values) : SBH_DB_ERROR;
+        free(sql);
+    }
+    size_t i;
+    json_t *st;
+    json_array_foreach (statuses, i, st) {
+        if (rc != SBH_DB_OK)
+            break;
+        rc = record_status(conn, str_of(st, "instance"), json_object_get(st, "payload"));
+    }
+out:
+    json_decref(known);
+    json_decref(ev_values);
+    json_decref(msg_values);
+    json_decref(statuses);
+    return rc;
 }
 
 static int work_flush(MYSQL *conn, void *arg)
@@ -212,11 +312,19 @@ static void done_flush(void *arg, int rc)
         it = next;
     }
     free(f);
+    /* What arrived during this transaction goes now (a failure waits its retry). */
+    if (rc == SBH_DB_OK && ib->pending && !evtimer_pending(ib->flush_ev, NULL)) {
+        struct timeval now = {0, 0};
+        evtimer_add(ib->flush_ev, &now);
+    }
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct sbh_inbound *ib = arg;
+    /* One transaction at a time: what arrives meanwhile joins the next one. */
+    if (ib->in_flight)
+        return;
     struct flush *f = calloc(1, sizeof(*f));
     if (!f || !ib->pending) {
         free(f);

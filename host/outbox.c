@@ -15,6 +15,8 @@
 
 #define NOT_RUNNING_RETRY_MS 1000 /* instance stopped: look again, no attempt spent */
 #define PERSIST_RETRY_MS 1000
+#define ACCEPTS_IN_FLIGHT 2
+#define PERSIST_BATCH_MAX 1000
 
 enum where { W_READY, W_DELAYED, W_SENDING, W_RESULT };
 enum breaker { B_CLOSED, B_OPEN, B_HALF_OPEN };
@@ -437,17 +439,70 @@ static int write_update(MYSQL *conn, const json_t *u)
                        json_integer_value(json_object_get(u, "retry_in_ms")) * 1000, id);
 }
 
+/*
+ * Finished messages, many at once: one UPDATE with CASE per column and one
+ * DELETE, so a batch costs two statements instead of two per message.
+ */
+static int write_finished(MYSQL *conn, const json_t *list)
+{
+    static const char *const cols[] = {"state", "provider_message_id", "attempts", "last_error"};
+    static const char *const keys[] = {"state", "provider_message_id", "attempts", "error"};
+    size_t n = json_array_size(list), i, len = 256 + n * 120;
+    if (n == 0)
+        return SBH_DB_OK;
+    char *sql = malloc(len), *del = malloc(96 + n * 3);
+    json_t *values = json_array(), *ids = json_array(), *u;
+    size_t off = (size_t)snprintf(sql, len, "UPDATE messages SET ");
+    for (size_t c = 0; c < 4; c++) {
+        off += (size_t)snprintf(sql + off, len - off, "%s%s = CASE id", c ? ", " : "", cols[c]);
+        json_array_foreach (list, i, u) {
+            off += (size_t)snprintf(sql + off, len - off, " WHEN ? THEN ?");
+            json_array_append(values, json_object_get(u, "id"));
+            json_t *v = json_object_get(u, keys[c]);
+            json_array_append(values, v ? v : json_null());
+        }
+        off += (size_t)snprintf(sql + off, len - off, " ELSE %s END", cols[c]);
+    }
+    off += (size_t)snprintf(sql + off, len - off, ", updated_at = UTC_TIMESTAMP(6) WHERE id IN (");
+    size_t doff = (size_t)snprintf(del, 96 + n * 3, "DELETE FROM outbox WHERE message_id IN (");
+    json_array_foreach (list, i, u) {
+        off += (size_t)snprintf(sql + off, len - off, "%s?", i ? ", " : "");
+        doff += (size_t)snprintf(del + doff, 96 + n * 3 - doff, "%s?", i ? ", " : "");
+        json_array_append(values, json_object_get(u, "id"));
+        json_array_append(ids, json_object_get(u, "id"));
+    }
+    snprintf(sql + off, len - off, ")");
+    snprintf(del + doff, 96 + n * 3 - doff, ")");
+    int rc = sbh_db_exec_json(conn, NULL, sql, values);
+    if (rc == SBH_DB_OK)
+        rc = sbh_db_exec_json(conn, NULL, del, ids);
+    free(sql);
+    free(del);
+    json_decref(values);
+    json_decref(ids);
+    return rc;
+}
+
 static int write_updates(MYSQL *conn, void *arg)
 {
     struct batch *b = arg;
     size_t i;
-    json_t *u;
+    json_t *u, *finished = json_array();
+    int rc = SBH_DB_OK;
     json_array_foreach (b->updates, i, u) {
-        int rc = write_update(conn, u);
+        if (json_is_true(json_object_get(u, "terminal"))) {
+            /* A message finished twice in one batch cannot happen: ids are unique. */
+            json_array_append(finished, u);
+            continue;
+        }
+        rc = write_update(conn, u); /* retries: rarer, one by one */
         if (rc != SBH_DB_OK)
-            return rc;
+            break;
     }
-    return SBH_DB_OK;
+    if (rc == SBH_DB_OK)
+        rc = write_finished(conn, finished);
+    json_decref(finished);
+    return rc;
 }
 
 static int work_updates(MYSQL *conn, void *arg)
@@ -484,6 +539,12 @@ static void on_persist(evutil_socket_t fd, short what, void *arg)
     b->ob = ob;
     b->updates = ob->updates;
     ob->updates = json_array();
+    /* Bounded statements: the rest waits for the next round. */
+    while (json_array_size(b->updates) > PERSIST_BATCH_MAX) {
+        size_t last = json_array_size(b->updates) - 1;
+        json_array_insert(ob->updates, 0, json_array_get(b->updates, last));
+        json_array_remove(b->updates, last);
+    }
     ob->persisting = 1;
     if (sbh_db_submit(ob->db, work_updates, done_updates, b) < 0)
         done_updates(b, SBH_DB_UNAVAILABLE);
@@ -631,6 +692,8 @@ static void done_accepts(void *arg, int rc)
     struct sbh_outbox *ob = b->ob;
     struct accept *a = b->head;
     ob->accepts_in_flight--;
+    if (ob->pending_head)
+        sbh_timer_arm_ms(ob->flush_ev, 0);
     if (rc == SBH_DB_CONFLICT && a && a->next) {
         /* Retry each on its own: only a real duplicate stays a duplicate. */
         while (a) {
@@ -677,10 +740,14 @@ static void accept_one(struct sbh_outbox *ob, struct accept *a)
     submit_batch(ob, a);
 }
 
+/*
+ * At most ACCEPTS_IN_FLIGHT transactions at once: under load the next batch
+ * fills while those commit, so one commit (and one fsync) serves many.
+ */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct sbh_outbox *ob = arg;
-    while (ob->pending_head) {
+    while (ob->pending_head && ob->accepts_in_flight < ACCEPTS_IN_FLIGHT) {
         struct accept *head = ob->pending_head, *a = head;
         size_t n = 1;
         while (a->next && n < ob->conf.batch_max) {
@@ -689,10 +756,13 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         }
         ob->pending_head = a->next;
         a->next = NULL;
+        ob->pending_n -= n;
         submit_batch(ob, head);
     }
-    ob->pending_tail = &ob->pending_head;
-    ob->pending_n = 0;
+    if (!ob->pending_head) {
+        ob->pending_tail = &ob->pending_head;
+        ob->pending_n = 0;
+    }
 }
 
 void sbh_outbox_accept(struct sbh_outbox *ob, json_t *row, sbh_accept_fn done, void *arg)
@@ -709,7 +779,7 @@ void sbh_outbox_accept(struct sbh_outbox *ob, json_t *row, sbh_accept_fn done, v
     *ob->pending_tail = a;
     ob->pending_tail = &a->next;
     /* Every request that arrives in this loop turn joins one transaction. */
-    if (++ob->pending_n == 1)
+    if (++ob->pending_n == 1 && ob->accepts_in_flight < ACCEPTS_IN_FLIGHT)
         sbh_timer_arm_ms(ob->flush_ev, 0);
 }
 
