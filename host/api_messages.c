@@ -146,13 +146,17 @@ static void append_text(json_t *msg, const char *extra)
 static void choices_as_text(json_t *msg, const char *field, json_t *degraded)
 {
     json_t *list = json_object_get(msg, field), *c;
-    size_t i, off = 0;
-    char buf[4096];
-    buf[0] = '\0';
+    size_t i, len = 0;
+    char *buf = NULL;
+    FILE *out = open_memstream(&buf, &len);
+    if (!out)
+        return;
     json_array_foreach (list, i, c)
-        off += (size_t)snprintf(buf + off, off < sizeof(buf) ? sizeof(buf) - off : 0, "%s%zu. %s",
-                                i ? "\n" : "", i + 1, json_string_value(json_object_get(c, "title")));
-    append_text(msg, buf);
+        fprintf(out, "%s%zu. %s", i ? "\n" : "", i + 1,
+                json_string_value(json_object_get(c, "title")));
+    if (fclose(out) == 0)
+        append_text(msg, buf);
+    free(buf);
     json_object_del(msg, field);
     json_array_append_new(degraded, json_string(field));
 }
@@ -169,10 +173,11 @@ static json_t *degrade(json_t *msg, uint32_t caps)
     if (media && !(caps & SB_CAP_MEDIA)) {
         const char *caption = json_string_value(json_object_get(media, "caption"));
         const char *url = json_string_value(json_object_get(media, "url"));
-        char line[2300];
-        snprintf(line, sizeof(line), "%s%s%s", caption ? caption : "", caption ? "\n" : "",
-                 url ? url : "[an attachment this provider cannot show was left out]");
-        append_text(msg, line);
+        char *line = NULL;
+        if (asprintf(&line, "%s%s%s", caption ? caption : "", caption ? "\n" : "",
+                     url ? url : "[an attachment this provider cannot show was left out]") >= 0)
+            append_text(msg, line);
+        free(line);
         json_object_del(msg, "media");
         json_array_append_new(degraded, json_string("media"));
     }

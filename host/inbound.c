@@ -27,6 +27,7 @@ struct item {
 struct flush {
     struct sbh_inbound *ib;
     struct item *head;
+    json_t *early; /* statuses that found no message yet: [{instance, message_id, state}] */
 };
 
 struct sbh_inbound {
@@ -41,6 +42,8 @@ struct sbh_inbound {
         void *arg;
     } consumers[MAX_CONSUMERS];
     int n_consumers;
+    sbh_early_status_fn early_fn;
+    void *early_arg;
 };
 
 static void item_free(struct item *it)
@@ -79,8 +82,10 @@ static const char *str_of(const json_t *o, const char *key)
 }
 
 /* A status event moves its outbound message's state, forward only. */
-static int record_status(MYSQL *conn, const char *instance, const json_t *payload)
+static int record_status(MYSQL *conn, const char *instance, const json_t *payload,
+                         unsigned long long *matched)
 {
+    *matched = 1;
     const char *state = str_of(payload, "state"), *pmid = str_of(payload, "message_id");
     if (!state || !pmid)
         return SBH_DB_OK;
@@ -89,13 +94,13 @@ static int record_status(MYSQL *conn, const char *instance, const json_t *payloa
         return SBH_DB_OK;
     /* A failure only follows what was not yet delivered. */
     if (!strcmp(state, "failed"))
-        return sbh_db_exec(conn, NULL,
+        return sbh_db_exec(conn, matched,
                            "UPDATE messages SET state = 'failed', updated_at = UTC_TIMESTAMP(6) "
                            "WHERE instance_id = ? AND provider_message_id = ? AND direction = "
                            "'out' AND state IN ('queued', 'sending', 'sent')",
                            "ss", instance, pmid);
     /* A late "delivered" does not undo "read". */
-    return sbh_db_exec(conn, NULL,
+    return sbh_db_exec(conn, matched,
                        "UPDATE messages SET state = ?, updated_at = UTC_TIMESTAMP(6) "
                        "WHERE instance_id = ? AND provider_message_id = ? AND direction = 'out' "
                        "AND FIELD(state, 'queued', 'sending', 'sent', 'delivered', 'read') "
@@ -221,6 +226,7 @@ static size_t collect(struct flush *f, json_t *known, json_t *ev_values, json_t 
 static int write_flush(MYSQL *conn, void *arg)
 {
     struct flush *f = arg;
+    json_array_clear(f->early); /* a retried transaction starts over */
     json_t *known = NULL, *ev_values = json_array(), *msg_values = json_array(), *statuses = NULL;
     int rc = known_events(conn, f, &known);
     if (rc != SBH_DB_OK)
@@ -249,7 +255,17 @@ static int write_flush(MYSQL *conn, void *arg)
     json_array_foreach (statuses, i, st) {
         if (rc != SBH_DB_OK)
             break;
-        rc = record_status(conn, str_of(st, "instance"), json_object_get(st, "payload"));
+        unsigned long long matched = 0;
+        json_t *payload = json_object_get(st, "payload");
+        rc = record_status(conn, str_of(st, "instance"), payload, &matched);
+        /* Maybe the send's own result is not written yet: the outbox applies it later. */
+        if (rc == SBH_DB_OK && matched == 0 && str_of(payload, "message_id") &&
+            str_of(payload, "state"))
+            json_array_append_new(f->early, json_pack("{s:O, s:O, s:O}", "instance",
+                                                       json_object_get(st, "instance"),
+                                                       "message_id",
+                                                       json_object_get(payload, "message_id"),
+                                                       "state", json_object_get(payload, "state")));
     }
 out:
     json_decref(known);
@@ -295,6 +311,13 @@ static void done_flush(void *arg, int rc)
     struct sbh_inbound *ib = f->ib;
     struct item *it = f->head;
     ib->in_flight--;
+    size_t e;
+    json_t *early;
+    json_array_foreach (f->early, e, early)
+        if (rc == SBH_DB_OK && ib->early_fn)
+            ib->early_fn(ib->early_arg, str_of(early, "instance"), str_of(early, "message_id"),
+                         str_of(early, "state"));
+    json_decref(f->early);
     if (rc != SBH_DB_OK)
         sbh_log(SB_LOG_WARN, "inbound", NULL, NULL, "events not stored (database result %d)", rc);
     while (it) {
@@ -332,6 +355,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     }
     f->ib = ib;
     f->head = ib->pending;
+    f->early = json_array();
     ib->pending = NULL;
     ib->tail = &ib->pending;
     ib->n_pending = 0;
@@ -358,6 +382,12 @@ void sbh_inbound_store(struct sbh_inbound *ib, const char *provider, const char 
     it->done = done;
     it->arg = arg;
     queue(ib, it, 0);
+}
+
+void sbh_inbound_on_early_status(struct sbh_inbound *ib, sbh_early_status_fn fn, void *arg)
+{
+    ib->early_fn = fn;
+    ib->early_arg = arg;
 }
 
 size_t sbh_inbound_unsaved(const struct sbh_inbound *ib)

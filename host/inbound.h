@@ -32,6 +32,15 @@ void sbh_inbound_on_event(struct sbh_inbound *ib, sbh_event_fn fn, void *arg);
 void sbh_inbound_store(struct sbh_inbound *ib, const char *provider, const char *instance,
                        json_t *events, void (*done)(void *arg, int ok), void *arg);
 
+/*
+ * A message.status event whose message had no provider id recorded yet (the
+ * provider answered the send and reported on it before the result was
+ * written): handed to fn so the sender can apply it.
+ */
+typedef void (*sbh_early_status_fn)(void *arg, const char *instance, const char *message_id,
+                                    const char *state);
+void sbh_inbound_on_early_status(struct sbh_inbound *ib, sbh_early_status_fn fn, void *arg);
+
 /* Events waiting for the database. */
 size_t sbh_inbound_unsaved(const struct sbh_inbound *ib);
 

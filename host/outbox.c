@@ -49,6 +49,8 @@ struct lane {
     unsigned in_flight;
     enum breaker breaker;
     unsigned failures; /* consecutive transient ones */
+    int gone;          /* its instance was deleted: results are dropped */
+    TAILQ_ENTRY(lane) dead; /* gone and idle: freed at the end of the results turn */
     uint64_t open_until_ms;
     unsigned cooldown_ms;
     struct event *timer;
@@ -65,6 +67,7 @@ struct accept {
     int result;
     int duplicate;
     char *stored_id;
+    int tries; /* conflicts seen: a racing twin with the same key */
 };
 
 struct batch {
@@ -80,10 +83,13 @@ struct sbh_outbox {
     struct sbh_outbox_conf conf;
     struct sbh_map *lanes; /* instance id -> lane */
     struct sbh_map *live;  /* message id -> msg */
+    json_t *recent; /* provider message id -> [message id, time]: just sent */
+    json_t *early;  /* provider message id -> [state, time]: status came first */
     struct accept *pending_head, **pending_tail;
     size_t pending_n;
     struct event *flush_ev;
     struct msg_list results;
+    TAILQ_HEAD(, lane) dead;
     struct event *results_ev;
     json_t *updates;
     int persisting;
@@ -251,6 +257,8 @@ static void pump(struct lane *lane)
 {
     struct sbh_outbox *ob = lane->ob;
     struct msg *m;
+    if (lane->gone)
+        return;
     while (lane->in_flight < ob->conf.max_in_flight && (m = TAILQ_FIRST(&lane->ready)) &&
            breaker_allows(lane)) {
         TAILQ_REMOVE(&lane->ready, m, link);
@@ -300,11 +308,52 @@ static void count(const struct lane *lane, const char *name, const char *help)
 }
 
 /* The message is done with (sent or failed): record it, forget it. */
+#define EARLY_KEEP_S 600
+
+/* Forget what is older than EARLY_KEEP_S in a provider-id map. */
+static void prune(json_t *map)
+{
+    const char *key;
+    json_t *v, *tmp;
+    time_t now = time(NULL);
+    if (json_object_size(map) < 1024)
+        return;
+    json_object_foreach_safe (map, tmp, key, v)
+        if (now - json_integer_value(json_array_get(v, 1)) > EARLY_KEEP_S)
+            json_object_del(map, key);
+}
+
+void sbh_outbox_early_status(void *arg, const char *instance, const char *pmid, const char *state)
+{
+    struct sbh_outbox *ob = arg;
+    json_t *recent = json_object_get(ob->recent, pmid);
+    if (recent) {
+        /* The result was written a moment ago, after the status looked: move it now. */
+        json_t *u = json_pack("{s:O, s:s, s:b}", "id", json_array_get(recent, 0), "state", state,
+                              "status_only", 1);
+        if (u)
+            json_array_append_new(ob->updates, u);
+        persist_soon(ob);
+        return;
+    }
+    prune(ob->early);
+    json_object_set_new(ob->early, pmid, json_pack("[s, I]", state, (json_int_t)time(NULL)));
+}
+
 static void finish(struct msg *m, const char *state)
 {
     struct lane *lane = m->lane;
     struct sbh_outbox *ob = lane->ob;
     int sent = !strcmp(state, "sent");
+    json_t *early = m->provider_msg_id ? json_object_get(ob->early, m->provider_msg_id) : NULL;
+    if (sent && early) {
+        /* The provider reported on it before we wrote it down. */
+        state = json_string_value(json_array_get(early, 0));
+    } else if (sent && m->provider_msg_id) {
+        prune(ob->recent);
+        json_object_set_new(ob->recent, m->provider_msg_id,
+                            json_pack("[s, I]", m->id, (json_int_t)time(NULL)));
+    }
     if (sent) {
         lane->sent++;
         lane->last_success = time(NULL);
@@ -319,6 +368,8 @@ static void finish(struct msg *m, const char *state)
                 m->id, m->attempts, m->error ? m->error : "");
     }
     queue_update(ob, m, state, 1, 0);
+    if (early)
+        json_object_del(ob->early, m->provider_msg_id);
     sbh_map_del(ob->live, m->id);
     msg_free(m);
 }
@@ -365,6 +416,12 @@ static void handle_result(struct msg *m)
     struct lane *lane = m->lane;
     const struct sbh_outbox_conf *c = &lane->ob->conf;
     lane->in_flight--;
+    if (lane->gone) {
+        /* Its rows went with the instance: nothing to record. */
+        sbh_map_del(lane->ob->live, m->id);
+        msg_free(m);
+        return;
+    }
     sbh_metrics_add("switchboard_send_seconds_total", "Time spent in provider sends",
                     (double)(sbh_now_ms() - m->started_ms) / 1000.0, SBH_END);
     if (m->ok) {
@@ -377,6 +434,9 @@ static void handle_result(struct msg *m)
         return;
     }
     breaker_failure(lane);
+    lane->last_failure = time(NULL);
+    free(lane->last_error);
+    lane->last_error = m->error ? strdup(m->error) : NULL;
     if (m->attempts >= c->max_attempts) {
         finish(m, "failed");
         return;
@@ -393,6 +453,8 @@ static void handle_result(struct msg *m)
     m->provider_msg_id = NULL;
     delay(m, wait);
 }
+
+static void lane_free(struct lane *lane);
 
 static void on_results(evutil_socket_t fd, short what, void *arg)
 {
@@ -413,6 +475,14 @@ static void on_results(evutil_socket_t fd, short what, void *arg)
     }
     for (size_t i = 0; i < n_touched; i++)
         pump(touched[i]);
+    struct lane *lane, *next;
+    for (lane = TAILQ_FIRST(&ob->dead); lane; lane = next) {
+        next = TAILQ_NEXT(lane, dead);
+        if (lane->in_flight)
+            continue;
+        TAILQ_REMOVE(&ob->dead, lane, dead);
+        lane_free(lane);
+    }
 }
 
 /* ---- writing results back ---- */
@@ -483,6 +553,21 @@ static int write_finished(MYSQL *conn, const json_t *list)
     return rc;
 }
 
+/* A provider's status for a message whose result is already written. */
+static int write_status(MYSQL *conn, const json_t *u)
+{
+    const char *state = json_string_value(json_object_get(u, "state"));
+    if (!strcmp(state, "failed"))
+        return sbh_db_exec(conn, NULL,
+                           "UPDATE messages SET state = 'failed' WHERE id = ? AND state = 'sent'",
+                           "s", json_string_value(json_object_get(u, "id")));
+    return sbh_db_exec(conn, NULL,
+                       "UPDATE messages SET state = ?, updated_at = UTC_TIMESTAMP(6) WHERE id = ? "
+                       "AND FIELD(state, 'sent', 'delivered', 'read') < FIELD(?, 'sent', "
+                       "'delivered', 'read')",
+                       "sss", state, json_string_value(json_object_get(u, "id")), state);
+}
+
 static int write_updates(MYSQL *conn, void *arg)
 {
     struct batch *b = arg;
@@ -490,6 +575,8 @@ static int write_updates(MYSQL *conn, void *arg)
     json_t *u, *finished = json_array();
     int rc = SBH_DB_OK;
     json_array_foreach (b->updates, i, u) {
+        if (json_is_true(json_object_get(u, "status_only")))
+            continue; /* after the results: they may be in this very batch */
         if (json_is_true(json_object_get(u, "terminal"))) {
             /* A message finished twice in one batch cannot happen: ids are unique. */
             json_array_append(finished, u);
@@ -501,6 +588,9 @@ static int write_updates(MYSQL *conn, void *arg)
     }
     if (rc == SBH_DB_OK)
         rc = write_finished(conn, finished);
+    json_array_foreach (b->updates, i, u)
+        if (rc == SBH_DB_OK && json_is_true(json_object_get(u, "status_only")))
+            rc = write_status(conn, u);
     json_decref(finished);
     return rc;
 }
@@ -694,6 +784,12 @@ static void done_accepts(void *arg, int rc)
     ob->accepts_in_flight--;
     if (ob->pending_head)
         sbh_timer_arm_ms(ob->flush_ev, 0);
+    if (rc == SBH_DB_CONFLICT && a && !a->next && a->tries++ < 3) {
+        /* Its twin committed first: run it again to find that message. */
+        free(b);
+        accept_one(ob, a);
+        return;
+    }
     if (rc == SBH_DB_CONFLICT && a && a->next) {
         /* Retry each on its own: only a real duplicate stays a duplicate. */
         while (a) {
@@ -875,11 +971,28 @@ static void lane_free(struct lane *lane)
 void sbh_outbox_forget_instance(struct sbh_outbox *ob, const char *instance_id)
 {
     struct lane *lane = sbh_map_get(ob->lanes, instance_id);
-    /* Messages being sent finish first; their results find no row to update. */
-    if (!lane || lane->in_flight)
+    if (!lane)
         return;
     sbh_map_del(ob->lanes, instance_id);
-    lane_free(lane);
+    if (lane->in_flight == 0) {
+        lane_free(lane);
+        return;
+    }
+    /* Sends in flight finish first and are dropped; the waiting ones go now. */
+    lane->gone = 1;
+    TAILQ_INSERT_TAIL(&ob->dead, lane, dead);
+    struct msg *m;
+    while ((m = TAILQ_FIRST(&lane->ready)) != NULL) {
+        TAILQ_REMOVE(&lane->ready, m, link);
+        sbh_map_del(ob->live, m->id);
+        msg_free(m);
+    }
+    while ((m = TAILQ_FIRST(&lane->delayed)) != NULL) {
+        TAILQ_REMOVE(&lane->delayed, m, link);
+        sbh_map_del(ob->live, m->id);
+        msg_free(m);
+    }
+    event_del(lane->timer);
 }
 
 size_t sbh_outbox_depth(const struct sbh_outbox *ob)
@@ -931,10 +1044,13 @@ struct sbh_outbox *sbh_outbox_new(struct event_base *base, struct sbh_db *db,
     ob->live = sbh_map_new();
     ob->pending_tail = &ob->pending_head;
     TAILQ_INIT(&ob->results);
+    TAILQ_INIT(&ob->dead);
     ob->flush_ev = evtimer_new(base, on_flush, ob);
     ob->results_ev = event_new(base, -1, 0, on_results, ob);
     ob->persist_ev = evtimer_new(base, on_persist, ob);
     ob->updates = json_array();
+    ob->recent = json_object();
+    ob->early = json_object();
     if (!ob->lanes || !ob->live || !ob->flush_ev || !ob->results_ev || !ob->persist_ev ||
         !ob->updates) {
         sbh_outbox_free(ob);
@@ -959,6 +1075,11 @@ void sbh_outbox_free(struct sbh_outbox *ob)
     }
     if (ob->lanes)
         sbh_map_each(ob->lanes, lane_free_cb, NULL);
+    struct lane *lane;
+    while ((lane = TAILQ_FIRST(&ob->dead)) != NULL) {
+        TAILQ_REMOVE(&ob->dead, lane, dead);
+        lane_free(lane);
+    }
     sbh_map_free(ob->lanes);
     sbh_map_free(ob->live);
     struct accept *a = ob->pending_head;
@@ -975,5 +1096,7 @@ void sbh_outbox_free(struct sbh_outbox *ob)
     if (ob->persist_ev)
         event_free(ob->persist_ev);
     json_decref(ob->updates);
+    json_decref(ob->recent);
+    json_decref(ob->early);
     free(ob);
 }

@@ -56,6 +56,14 @@ const char *sbh_outbox_live_state(const struct sbh_outbox *ob, const char *id);
 /* Breaker state and counts of an instance (new reference). */
 json_t *sbh_outbox_instance_health(const struct sbh_outbox *ob, const char *instance_id);
 
+/*
+ * A status for a provider message id that matched no row (an
+ * sbh_early_status_fn): applied to the send that owns the id, now if it was
+ * recorded a moment ago, or when its result is written.
+ */
+void sbh_outbox_early_status(void *ob, const char *instance, const char *provider_msg_id,
+                             const char *state);
+
 /* Drop an instance's queued messages from memory (its rows are deleted). */
 void sbh_outbox_forget_instance(struct sbh_outbox *ob, const char *instance_id);
 

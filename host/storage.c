@@ -240,6 +240,8 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
     sbh_inbound_on_event(d->inbound, sbh_subs_publish, d->subs);
     sbh_registry_set_inbound(d->reg, d->inbound);
     d->outbox = sbh_outbox_new(d->base, d->db, d->reg, &oc);
+    if (d->outbox)
+        sbh_inbound_on_early_status(d->inbound, sbh_outbox_early_status, d->outbox);
     if (!d->outbox || sbh_outbox_recover(d->outbox, conn, why, why_len) < 0)
         goto out;
     d->key_refresh = event_new(d->base, -1, EV_PERSIST, on_key_refresh, d);
