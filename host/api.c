@@ -19,6 +19,7 @@ extern const char sbh_openapi_json[];
 static void on_client_gone(struct evhttp_connection *conn, void *arg)
 {
     struct sbh_call *call = arg;
+    sbh_request_abandoned(call->req);
     call->req = NULL;
 }
 

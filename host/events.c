@@ -1,6 +1,7 @@
 #include "events.h"
 
 #include "metrics.h"
+#include "respond.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -40,10 +41,12 @@ static void stream_free(struct stream *s)
     free(s);
 }
 
-/* The client went away: evhttp frees the request right after this. */
+/* The client went away before its answer: the request is ours to free. */
 static void on_close(struct evhttp_connection *conn, void *arg)
 {
-    stream_free(arg);
+    struct stream *s = arg;
+    sbh_request_abandoned(s->req);
+    stream_free(s);
 }
 
 static void stream_end(struct stream *s)

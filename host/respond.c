@@ -61,6 +61,12 @@ void sbh_respond(struct evhttp_request *req, const char *route, int status,
     sbh_metrics_http(route, status);
 }
 
+void sbh_request_abandoned(struct evhttp_request *req)
+{
+    if (req && !evhttp_request_get_connection(req))
+        evhttp_request_free(req);
+}
+
 void sbh_respond_json(struct evhttp_request *req, const char *route, int status, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;

@@ -21,4 +21,13 @@ void sbh_respond_json(struct evhttp_request *req, const char *route, int status,
 void sbh_respond_error(struct evhttp_request *req, const char *route, int status, const char *code,
                        const char *message, json_t *details);
 
+/*
+ * The client closed the connection of a request we had not finished
+ * answering (call from the connection's close callback). libevent detaches
+ * such a request from its connection and leaves it to us: this frees it.
+ * When the connection goes for another reason (evhttp_free) the request is
+ * still attached and libevent frees it; this then does nothing.
+ */
+void sbh_request_abandoned(struct evhttp_request *req);
+
 #endif

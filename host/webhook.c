@@ -60,10 +60,11 @@ static void reply_free(struct sb_reply *r)
     free(r);
 }
 
-/* The client went away: evhttp frees the request right after this. */
+/* The client went away before its answer: the request is ours to free. */
 static void on_connection_close(struct evhttp_connection *conn, void *arg)
 {
     struct sb_reply *r = arg;
+    sbh_request_abandoned(r->req);
     r->req = NULL;
 }
 

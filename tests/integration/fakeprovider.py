@@ -36,6 +36,7 @@ class Record:
         self.headers = headers  # dict, lower-case names
         self.body = body  # bytes
         self.status = None  # what the fake answered (None: no answer yet / hung)
+        self.done = None  # monotonic time the answer was written
 
     @property
     def json(self):
@@ -136,6 +137,7 @@ class _Base:
                     self.wfile.write(payload)
                     self.wfile.flush()
                     rec.status = status
+                    rec.done = time.monotonic()
                 except OSError:
                     self.close_connection = True
 
@@ -249,12 +251,14 @@ class Subscriber(_Base):
         with self.lock:
             self._seen += 1
             n = self._seen
-        status = None
+        status, delay = None, 0.0
         if self.decide is not None:
-            status = self.decide(rec)
+            status = self.decide(rec)  # a status, (status, delay seconds), or None
+            if isinstance(status, tuple):
+                status, delay = status
         if status is None:
             status = 500 if n <= self.fail_first else 200
-        return status, {}, b'{"ok":%s}' % (b"true" if status < 300 else b"false"), 0.0
+        return status, {}, b'{"ok":%s}' % (b"true" if status < 300 else b"false"), delay
 
     def deliveries(self):
         return self.all()

@@ -16,7 +16,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Metrics, http_request, sql, wait_until
+from conftest import http_request, sql, wait_until
 from fakeprovider import (FAST_OUTBOX, FP_INSTANCE, FP_WEBHOOK, FakeProvider, delivery, fail,
                           get_message, hang, ok, rate_limit, reject, send, start_fp_daemon,
                           wait_state)
@@ -74,7 +74,7 @@ def check_accepted(doc, degraded=(), duplicate=False):
     assert doc["duplicate"] is duplicate, doc
 
 
-# -- acceptance and state progression ---------------------------------------------------
+# -- acceptance and state progression -------------------------------------------------------------
 
 def test_send_with_echo_goes_sent(daemon):
     t0 = time.time()
@@ -131,7 +131,7 @@ def test_fakeprov_sends_bearer_token(make_daemon, fake):
     assert fake.sends()[0].headers.get("authorization") == "Bearer s3cret-token"
 
 
-# -- idempotency ------------------------------------------------------------------------
+# -- idempotency ----------------------------------------------------------------------------------
 
 def test_idempotency_key_same_message_sent_once(make_daemon, fake):
     d = start_fp_daemon(make_daemon, fake)
@@ -185,7 +185,7 @@ def test_idempotency_concurrent_requests(make_daemon, fake):
     assert len(fake.sends()) == 1, fake.sends()
 
 
-# -- degradation ------------------------------------------------------------------------
+# -- degradation ----------------------------------------------------------------------------------
 
 def test_degradation_for_a_text_only_provider(make_daemon, fake):
     d = start_fp_daemon(make_daemon, fake)
@@ -248,7 +248,7 @@ def test_no_degradation_when_provider_can_show_everything(daemon):
     assert doc["body"]["media"] == body["media"] and doc["body"]["text"] == "Pick", doc
 
 
-# -- failures, retries and backoff ---------------------------------------------------------
+# -- failures, retries and backoff ----------------------------------------------------------------
 
 def test_retry_after_500_then_success(make_daemon, fake):
     d = start_fp_daemon(make_daemon, fake)
@@ -283,6 +283,15 @@ def test_429_retry_after_is_honoured(make_daemon, fake, in_body):
     # Never sooner than Retry-After; not much later either (backoff max is 200 ms).
     assert gap >= 0.995, "retried %.3fs after a 429 with Retry-After: 1" % gap
     assert gap < 2.5, "retried only %.3fs after a 429 with Retry-After: 1" % gap
+
+
+def test_503_retry_after_is_honoured(make_daemon, fake):
+    d = start_fp_daemon(make_daemon, fake)
+    fake.script(fail(503, "busy", retry_after=1), ok())
+    acc = send(d, FP_INSTANCE, {"to": "g", "text": "busy provider"})
+    wait_state(d, acc["id"], "sent", timeout=10)
+    first, second = fake.sends()[:2]
+    assert second.time - first.time >= 0.995, second.time - first.time
 
 
 def test_429_retry_after_longer_than_backoff_cap(make_daemon, fake):
@@ -352,8 +361,13 @@ def test_connection_refused_is_retried(make_daemon, fake):
                what="two attempts against a closed port")
     doc = get_message(d, acc["id"])
     assert doc["state"] in ("queued", "sending"), doc
+    # The message records why its last attempt failed.
+    assert (doc["last_error"] or "").startswith("transport: "), doc
     h = delivery(d, FP_INSTANCE)
-    assert h["retried"] >= 1 and h.get("last_error", "").startswith("transport"), h
+    assert h["retried"] >= 1 and h["consecutive_failures"] >= 2, h
+    # Health shows the failing provider while its messages are still being retried.
+    assert (h.get("last_error") or "").startswith("transport: ") and h.get("last_failure"), \
+        "status.delivery hides the transient failures: %r" % h
 
 
 def test_max_attempts_then_failed(make_daemon, fake):
@@ -398,7 +412,7 @@ def test_backoff_grows_and_is_capped(make_daemon, fake):
     assert sum(gaps) < 7 * 0.4 + 1.0, gaps
 
 
-# -- circuit breaker --------------------------------------------------------------------------
+# -- circuit breaker ------------------------------------------------------------------------------
 
 BREAKER = dict(FAST_OUTBOX, breaker_failures=3, breaker_cooldown_ms=1500, max_attempts=100,
                backoff_base_ms=20, backoff_max_ms=50)
@@ -475,7 +489,7 @@ def test_breaker_is_per_instance(make_daemon, fake):
     assert delivery(d, "echo-demo")["breaker"] == "closed"
 
 
-# -- listing ------------------------------------------------------------------------------------
+# -- listing --------------------------------------------------------------------------------------
 
 def test_list_both_directions_newest_first_with_cursor(daemon):
     ids = []
@@ -483,6 +497,9 @@ def test_list_both_directions_newest_first_with_cursor(daemon):
         acc = send(daemon, "echo-demo", {"to": "p", "text": "out-%d" % i})
         wait_state(daemon, acc["id"], "sent")
         ids.append(acc["id"])
+    # echo's send echoes each message back as an inbound one (stored on its own way).
+    wait_until(lambda: len(daemon.api("GET", "/v1/instances/echo-demo/messages").json()
+                           ["messages"]) == 6, 5, what="3 out + 3 echoed in")
     r = daemon.webhook(body={"text": "inbound", "from": "q"})
     assert r.status == 200, r
     # 3 out + 3 echoes in + 1 webhook in.
@@ -497,7 +514,8 @@ def test_list_both_directions_newest_first_with_cursor(daemon):
     assert sorted(doc["id"] for doc in docs if doc["direction"] == "out") == sorted(ids)
     ins = [doc for doc in docs if doc["direction"] == "in"]
     assert all(doc["state"] == "received" for doc in ins), ins
-    assert any(doc["from"] == "q" and doc["body"].get("text") == "echo: inbound" for doc in ins), ins
+    assert any(doc["from"] == "q" and doc["body"].get("text") == "echo: inbound"
+               for doc in ins), ins
     created = [doc["created_at"] for doc in docs]
     assert created == sorted(created, reverse=True), created
     assert docs[0]["direction"] == "in" and docs[0]["from"] == "q", docs[0]
@@ -565,7 +583,7 @@ def test_list_pagination_same_timestamp(daemon):
     assert out_ids <= set(seen), (out_ids, seen)
 
 
-# -- validation, scope, 404 -------------------------------------------------------------------
+# -- validation, scope, 404 -----------------------------------------------------------------------
 
 def test_validation_errors_name_the_field(daemon):
     def post(body, headers=None):
@@ -660,7 +678,7 @@ def test_stopped_instance_keeps_messages_queued(daemon):
     wait_state(daemon, acc["id"], "sent", timeout=10)
 
 
-# -- durability: SIGKILL mid-burst --------------------------------------------------------------
+# -- durability: SIGKILL mid-burst ----------------------------------------------------------------
 
 def test_sigkill_mid_burst_loses_no_acknowledged_message_or_event(make_daemon, fake):
     fake.default = ok(delay=0.2)
@@ -714,7 +732,10 @@ def test_sigkill_mid_burst_loses_no_acknowledged_message_or_event(make_daemon, f
     assert len(acked_texts) > 20 and len(acked_events) > 20, (len(acked_texts), len(acked_events))
     sent_before = {r.text for r in fake.sends()}
     assert set(acked_texts) - sent_before, "the kill came too late to test anything"
-    # Same database, same config: everything acknowledged goes out.
+    print("SIGKILL after %d acknowledged messages (%d already sent) and %d acknowledged webhooks"
+          % (len(acked_texts), len(set(acked_texts) & sent_before), len(acked_events)))
+    # Same database, same config: everything acknowledged goes out (a fast provider now).
+    fake.default = ok()
     d.start()
     want = set(acked_texts)
     wait_until(lambda: want <= {r.text for r in fake.sends()}, 60, interval=0.2,
@@ -756,3 +777,257 @@ def test_outbox_survives_restart_while_breaker_open(make_daemon, fake):
         wait_state(d, mid, "sent", timeout=20)
     texts = [r.text for r in fake.sends()]
     assert all(texts.count("held-%d" % i) == 1 for i in range(5)), texts
+
+
+# -- instance stop and daemon shutdown with sends in flight ---------------------------------------
+
+def test_instance_stop_mid_send_requeues(make_daemon, fake):
+    """fakeprov completes the sends it still has as transient failures when its instance
+    stops; the outbox keeps them and sends them when the instance runs again."""
+    d = start_fp_daemon(make_daemon, fake)
+    fake.script(hang(5))
+    acc = send(d, FP_INSTANCE, {"to": "v", "text": "interrupted"})
+    fake.wait_sends(1, timeout=5)
+    r = d.api("POST", "/v1/instances/%s/stop" % FP_INSTANCE)
+    assert r.status == 200, r
+    doc = wait_state(d, acc["id"], ("queued",), timeout=5)
+    assert doc["state"] == "queued", doc
+    r = d.api("POST", "/v1/instances/%s/start" % FP_INSTANCE)
+    assert r.status == 200, r
+    doc = wait_state(d, acc["id"], "sent", timeout=15)
+    assert doc["attempts"] >= 2, doc
+    assert [r.text for r in fake.sends()] == ["interrupted", "interrupted"], fake.sends()
+
+
+def test_sigterm_with_send_in_flight_resends_after_restart(make_daemon, fake):
+    d = start_fp_daemon(make_daemon, fake)
+    fake.script(hang(10))
+    acc = send(d, FP_INSTANCE, {"to": "w", "text": "in flight at shutdown"})
+    fake.wait_sends(1, timeout=5)
+    rc = d.stop(timeout=15)
+    assert rc == 0, rc
+    d.start()
+    doc = wait_state(d, acc["id"], "sent", timeout=15)
+    assert doc["state"] == "sent", doc
+    assert [r.text for r in fake.sends()].count("in flight at shutdown") == 2
+
+
+# -- concurrency, limits, races -------------------------------------------------------------------
+
+def test_max_in_flight_per_instance(make_daemon, fake):
+    d = start_fp_daemon(make_daemon, fake, outbox=dict(FAST_OUTBOX, max_in_flight=4))
+    fake.default = ok(delay=0.3)
+    accs = [send(d, FP_INSTANCE, {"to": "x", "text": "par-%d" % i}) for i in range(12)]
+    for acc in accs:
+        wait_state(d, acc["id"], "sent", timeout=15)
+    recs = fake.sends()
+    assert len(recs) == 12, recs
+    # Highest number of requests open at once, from arrival and answer times.
+    marks = sorted([(r.time, 1) for r in recs] + [(r.done, -1) for r in recs])
+    cur = peak = 0
+    for _, delta in marks:
+        cur += delta
+        peak = max(peak, cur)
+    assert peak <= 4, "%d sends in flight at once (max_in_flight 4)" % peak
+    assert peak >= 3, "sends were not parallel (peak %d)" % peak
+
+
+def test_burst_all_sent_once(make_daemon, fake):
+    d = start_fp_daemon(make_daemon, fake)
+    key = d.admin_key
+    texts = ["many-%d" % i for i in range(300)]
+    errors = []
+
+    def worker(part):
+        for text in part:
+            r = http_request(d.port, "POST", "/v1/instances/%s/messages" % FP_INSTANCE,
+                             body={"to": "y", "text": text},
+                             headers={"Authorization": "Bearer " + key})
+            if r.status != 202:
+                errors.append(r)
+
+    threads = [threading.Thread(target=worker, args=(texts[i::6],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:5]
+    wait_until(lambda: len(fake.sends()) >= 300, 30, what="300 sends")
+    time.sleep(0.5)
+    got = fake.texts()
+    assert sorted(got) == sorted(texts), (len(got), len(set(got)))
+    wait_until(lambda: delivery(d, FP_INSTANCE)["sent"] == 300, 10, what="300 counted sent")
+    wait_until(lambda: sql("SELECT COUNT(*) FROM outbox", d.database).strip() == "0", 10,
+               what="outbox emptied")
+
+
+def test_text_and_choice_limits(daemon):
+    def post(body):
+        return daemon.api("POST", "/v1/instances/echo-demo/messages", body)
+
+    assert post({"to": "a", "text": "x" * 65536}).status == 202
+    assert_error(post({"to": "a", "text": "x" * 65537}), 400, field="text")
+    thirteen = [{"id": str(i), "title": "t%d" % i} for i in range(13)]
+    assert post({"to": "a", "text": "x", "buttons": thirteen}).status == 202
+    assert_error(post({"to": "a", "text": "x", "buttons": thirteen + [{"id": "z", "title": "z"}]}),
+                 400, field="buttons")
+    assert_error(post({"to": "a", "text": "x", "buttons": [{"id": "1", "title": ""}]}), 400,
+                 field="buttons[0]")
+
+
+def test_status_webhook_right_after_send_answer_is_not_lost(make_daemon, fake):
+    """Real providers report "delivered" within milliseconds of accepting a message; the
+    status must not be lost because the send's result was not yet written."""
+    d = start_fp_daemon(make_daemon, fake)
+    fired = []
+
+    def behave(rec):
+        pmid = "fast-%d" % len(fired)
+
+        def status():
+            http_request(d.port, "POST", FP_WEBHOOK,
+                         body={"event_id": "fast-st-" + pmid, "type": "status",
+                               "message_id": pmid, "state": "delivered"})
+        t = threading.Timer(0.005, status)
+        t.start()
+        fired.append(t)
+        return ok(id=pmid)
+
+    fake.behave = behave
+    accs = [send(d, FP_INSTANCE, {"to": "q", "text": "fast-%d" % i}) for i in range(5)]
+    time.sleep(1.5)
+    for t in fired:
+        t.join(5)
+    states = {acc["id"]: get_message(d, acc["id"])["state"] for acc in accs}
+    assert all(s == "delivered" for s in states.values()), \
+        "a message.status 'delivered' arriving right after the send's answer was lost: %r" % states
+
+
+def test_idempotency_key_survives_restart(make_daemon, fake):
+    d = start_fp_daemon(make_daemon, fake)
+    first = send(d, FP_INSTANCE, {"to": "r", "text": "keyed"}, idem="restart-key")
+    wait_state(d, first["id"], "sent")
+    d.stop()
+    d.start()
+    again = send(d, FP_INSTANCE, {"to": "r", "text": "keyed"}, idem="restart-key")
+    assert again["id"] == first["id"] and again["duplicate"] is True, again
+    time.sleep(0.5)
+    assert fake.texts() == ["keyed"], fake.texts()
+
+
+def test_retry_after_honoured_across_restart(make_daemon, fake):
+    """The wait a provider asked for is stored with the message: a restart in the middle
+    does not send it sooner."""
+    d = start_fp_daemon(make_daemon, fake)
+    fake.script(rate_limit(4), ok())
+    acc = send(d, FP_INSTANCE, {"to": "s", "text": "wait for me"})
+    first = fake.wait_sends(1, timeout=5)[0]
+    wait_until(lambda: get_message(d, acc["id"])["attempts"] == 1 and
+               sql("SELECT attempts FROM outbox", d.database).strip() == "1", 3,
+               what="the retry stored")
+    d.signal(signal.SIGKILL)
+    d.proc.wait(10)
+    d.start()
+    doc = wait_state(d, acc["id"], "sent", timeout=15)
+    assert doc["attempts"] == 2, doc
+    second = fake.sends()[1]
+    assert second.time - first.time >= 3.99, "resent %.3fs after a 429 with Retry-After: 4" % (
+        second.time - first.time)
+
+
+def test_degradation_keeps_long_lists_whole(make_daemon, fake):
+    """Degradation must not silently cut the list or the link: long button titles and a
+    long caption still leave every choice and the URL in the text."""
+    d = start_fp_daemon(make_daemon, fake)
+    buttons = [{"id": str(i), "title": ("choice %d " % i) + "x" * 400} for i in range(13)]
+    acc = send(d, FP_INSTANCE, {"to": "t", "text": "Long list", "buttons": buttons})
+    wait_state(d, acc["id"], "sent")
+    text = fake.sends()[-1].json["text"]
+    for i, b in enumerate(buttons):
+        assert "%d. %s" % (i + 1, b["title"]) in text, \
+            "choice %d missing from the degraded text (%d chars)" % (i + 1, len(text))
+
+
+def test_degradation_keeps_the_link_after_a_long_caption(make_daemon, fake):
+    d = start_fp_daemon(make_daemon, fake)
+    url = "https://example.com/" + "p" * 100 + ".png"
+    acc = send(d, FP_INSTANCE, {"to": "t", "text": "pic",
+                                "media": {"url": url, "mime_type": "image/png",
+                                          "caption": "c" * 3000}})
+    wait_state(d, acc["id"], "sent")
+    text = fake.sends()[-1].json["text"]
+    assert url in text, "the media URL was cut from the degraded text (%d chars)" % len(text)
+
+
+def test_deleting_an_instance_drops_its_queue(make_daemon, fake):
+    """An API instance deleted while a send is in flight and more wait: its messages are
+    gone (rows and memory), and nothing keeps retrying them."""
+    d = start_fp_daemon(make_daemon, fake, outbox=dict(FAST_OUTBOX, max_in_flight=1))
+    r = d.api("POST", "/v1/instances", {"provider": "fakeprov", "name": "doomed",
+                                        "settings": {"base_url": fake.url}})
+    assert r.status == 201, r
+    iid = r.json()["id"]
+    wait_until(lambda: d.api("GET", "/v1/instances/" + iid).json()["status"]["running"], 5,
+               what="instance running")
+    fake.script(hang(10))
+    accs = [send(d, iid, {"to": "u", "text": "doomed-%d" % i}) for i in range(4)]
+    fake.wait_sends(1, timeout=5)
+    assert d.metrics().value("switchboard_outbox_depth") == 4
+    r = d.api("DELETE", "/v1/instances/" + iid)
+    assert r.status == 204, r
+    for acc in accs:
+        assert d.api("GET", "/v1/messages/" + acc["id"]).status == 404
+    assert sql("SELECT COUNT(*) FROM outbox", d.database).strip() == "0"
+    try:
+        wait_until(lambda: d.metrics().value("switchboard_outbox_depth") == 0, 8,
+                   what="switchboard_outbox_depth back to 0")
+    except AssertionError:
+        raise AssertionError("switchboard_outbox_depth is still %s 8 s after the instance was "
+                             "deleted: its messages stay queued in memory"
+                             % d.metrics().value("switchboard_outbox_depth")) from None
+    assert len(fake.sends()) == 1, fake.sends()
+
+
+def test_plugin_swap_with_send_in_flight(make_daemon, fake):
+    """Replacing the plugin while a send waits for the provider: the send's outcome is not
+    lost with the old generation; the message goes out on the new one."""
+    from conftest import aux_plugin
+    d = start_fp_daemon(make_daemon, fake, args=[])
+    fake.script(hang(8))
+    acc = send(d, FP_INSTANCE, {"to": "sw", "text": "across a swap"})
+    fake.wait_sends(1, timeout=5)
+    gen = d.provider("fakeprov")["generation"]
+    d.install_plugin(aux_plugin("fakeprov.so"), name="fakeprov.so")
+    wait_until(lambda: d.provider("fakeprov")["generation"] > gen, 10, what="fakeprov swapped")
+    doc = wait_state(d, acc["id"], "sent", timeout=15)
+    assert doc["attempts"] >= 2, doc
+    later = send(d, FP_INSTANCE, {"to": "sw", "text": "after the swap"})
+    wait_state(d, later["id"], "sent", timeout=10)
+    assert delivery(d, FP_INSTANCE)["in_flight"] == 0
+
+
+def test_instance_restart_with_send_whose_plugin_never_completes(make_daemon, fake):
+    """A plugin whose instance_stop just forgets its sends (the host cancels the instance's
+    HTTP calls, so their callbacks, and done(), never run): the host must not wait for those
+    sends forever. The message is retried on the restarted instance and the lane keeps
+    moving."""
+    d = start_fp_daemon(make_daemon, fake, outbox=dict(FAST_OUTBOX, max_in_flight=1))
+    r = d.api("POST", "/v1/instances", {"provider": "fakeprov", "name": "naive",
+                                        "settings": {"base_url": fake.url,
+                                                     "complete_on_stop": False}})
+    assert r.status == 201, r
+    iid = r.json()["id"]
+    wait_until(lambda: d.api("GET", "/v1/instances/" + iid).json()["status"]["running"], 5,
+               what="instance running")
+    fake.script(hang(10))
+    first = send(d, iid, {"to": "nv", "text": "in flight at restart"})
+    fake.wait_sends(1, timeout=5)
+    second = send(d, iid, {"to": "nv", "text": "behind it"})
+    r = d.api("POST", "/v1/instances/%s/restart" % iid)
+    assert r.status == 200, r
+    try:
+        wait_state(d, second["id"], "sent", timeout=10)
+        wait_state(d, first["id"], "sent", timeout=10)
+    except AssertionError as exc:
+        raise AssertionError("sends whose done() never came block the instance's lane: %s; "
+                             "delivery %r" % (exc, delivery(d, iid))) from None

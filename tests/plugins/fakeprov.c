@@ -16,6 +16,11 @@
  *   "status":  {"message_id", "state"}        -> message.status
  * answered 200 {"ok":true} once the host has the event.
  *
+ * Setting complete_on_stop (default true): false makes instance_stop drop its
+ * in-flight sends without completing them, leaving it to the host (which
+ * cancels the instance's HTTP calls) to notice: a plugin that trusts the
+ * host's clean-up.
+ *
  * Capabilities: webhook only (no media, buttons or threads), so the host's
  * degradation is visible in what reaches the fake.
  */
@@ -36,7 +41,8 @@
 #define FAKEPROV_SCHEMA                                                                            \
     "{\"type\":\"object\",\"properties\":{"                                                        \
     "\"base_url\":{\"type\":\"string\",\"minLength\":1},"                                          \
-    "\"token\":{\"type\":\"string\",\"writeOnly\":true}},"                                         \
+    "\"token\":{\"type\":\"string\",\"writeOnly\":true},"                                          \
+    "\"complete_on_stop\":{\"type\":\"boolean\"}},"                                                \
     "\"required\":[\"base_url\"],\"additionalProperties\":false}"
 
 struct fp_instance;
@@ -54,6 +60,8 @@ struct fp_instance {
     sb_instance *inst;
     char *base_url;
     char *auth; /* "Bearer <token>" or NULL */
+    /* false: instance_stop leaves the host's cancellation to end its sends (done never runs) */
+    int complete_on_stop;
     unsigned long sent, failed, webhooks;
     struct fp_send *sends; /* in flight */
 };
@@ -81,8 +89,8 @@ static void send_unlink(struct fp_send *s)
         *link = s->next;
 }
 
-static void finish_fail(struct fp_send *s, int retryable, uint32_t retry_after_ms,
-                        const char *code, const char *message)
+static void finish_fail(struct fp_send *s, int retryable, uint32_t retry_after_ms, const char *code,
+                        const char *message)
 {
     sb_send_result res = {.ok = 0,
                           .retryable = retryable,
@@ -261,8 +269,7 @@ static void copy_str(json_t *dst, const json_t *src, const char *key)
         json_object_set(dst, key, v);
 }
 
-static void fp_webhook(sb_instance *inst, void *state, const sb_http_request *req,
-                       sb_reply *reply)
+static void fp_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_reply *reply)
 {
     struct fp_instance *fi = state;
     json_t *body, *payload;
@@ -274,9 +281,8 @@ static void fp_webhook(sb_instance *inst, void *state, const sb_http_request *re
         reply_error(reply, 405, "method_not_allowed", "only POST is accepted");
         return;
     }
-    body = req->body && req->body_len
-               ? json_loadb((const char *)req->body, req->body_len, 0, NULL)
-               : NULL;
+    body = req->body && req->body_len ? json_loadb((const char *)req->body, req->body_len, 0, NULL)
+                                      : NULL;
     if (!json_is_object(body)) {
         json_decref(body);
         reply_error(reply, 400, "invalid_json", "the body must be a JSON object");
@@ -357,6 +363,7 @@ static int fp_instance_start(sb_instance *inst, const json_t *settings, void **s
         return -1;
     }
     fi->inst = inst;
+    fi->complete_on_stop = !json_is_false(json_object_get(settings, "complete_on_stop"));
     *state = fi;
     host->set_state(inst, SB_STATE_CONNECTED, NULL);
     return 0;
@@ -376,7 +383,8 @@ static void fp_instance_stop(sb_instance *inst, void *state)
 
         fi->sends = s->next;
         host->http_cancel(s->call);
-        finish_fail(s, 1, 0, "instance_stopped", "the instance stopped before the answer came");
+        if (fi->complete_on_stop)
+            finish_fail(s, 1, 0, "instance_stopped", "the instance stopped before the answer came");
         free(s);
     }
     free(fi->base_url);
