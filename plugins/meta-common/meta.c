@@ -245,10 +245,15 @@ int meta_is_throttle_code(long long code)
     return 0;
 }
 
-static int is_auth_code(long long code)
+static int is_auth_code(long long code, long long subcode)
 {
-    /* 190 invalid/expired token, 102 session, 10 and 200-299 permissions, 3 capability. */
-    return code == 190 || code == 102 || code == 10 || code == 3 || (code >= 200 && code <= 299);
+    /*
+     * 190 invalid/expired token, 102 session, 3 capability, 10 and 200-299
+     * permissions. Code 10 with a subcode is about the message (Messenger's
+     * 2018278: outside the 24-hour window), not the credentials.
+     */
+    return code == 190 || code == 102 || code == 3 || (code == 10 && !subcode) ||
+           (code >= 200 && code <= 299);
 }
 
 /*
@@ -318,7 +323,7 @@ void meta_graph_result(const sb_http_response *resp, struct meta_result *out)
     out->retryable = resp->status >= 500 || resp->status == 429 || meta_is_throttle_code(out->code) ||
                      json_is_true(json_object_get(err, "is_transient"));
     /* An auth error is never worth retrying, whatever the status. */
-    if (is_auth_code(out->code) || (resp->status == 401 && !out->code)) {
+    if (is_auth_code(out->code, out->subcode) || (resp->status == 401 && !out->code)) {
         out->auth_error = 1;
         out->retryable = 0;
     }
