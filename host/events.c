@@ -40,10 +40,19 @@ static void stream_free(struct stream *s)
     free(s);
 }
 
-/* The client went away: evhttp frees the request right after this. */
+/*
+ * The client went away. libevent 2.1 detaches a request whose reply was
+ * started but not ended (evhttp_connection_incoming_fail sets its evcon to
+ * NULL) and leaves it to us: free it then, or it leaks (LeakSanitizer saw
+ * it once tests closed their event streams before the daemon stopped).
+ */
 static void on_close(struct evhttp_connection *conn, void *arg)
 {
-    stream_free(arg);
+    struct stream *s = arg;
+    struct evhttp_request *req = s->req;
+    stream_free(s);
+    if (req && !evhttp_request_get_connection(req))
+        evhttp_request_free(req);
 }
 
 static void stream_end(struct stream *s)
