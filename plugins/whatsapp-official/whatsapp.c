@@ -445,11 +445,10 @@ static json_t *message_event(const json_t *value, const json_t *m, const char **
     json_t *ctx = json_object_get(m, "context"), *ev = json_object();
 
     *type = "message.received";
-    copy_key(ev, m, "id");
+    /* The wamid is both the message id and, being unique, the event id. */
     json_object_set(ev, "event_id", json_object_get(m, "id"));
     json_object_set(ev, "message_id", json_object_get(m, "id"));
     json_object_set_new(ev, "from", json_string(from ? from : ""));
-    json_object_del(ev, "id");
     if (name)
         json_object_set_new(ev, "name", json_string(name));
     copy_key(ev, m, "timestamp");
