@@ -96,7 +96,7 @@ static int check_media(struct sbh_call *call)
 static int check_message(struct sbh_call *call)
 {
     static const char *const allowed[] = {"to", "text", "media", "buttons", "quick_replies",
-                                          "reply_to", "thread", NULL};
+                                          "reply_to", "thread", "format", "template", NULL};
     if (sbh_call_body_object(call, allowed) < 0)
         return -1;
     json_t *b = call->body, *text = json_object_get(b, "text");
@@ -110,8 +110,25 @@ static int check_message(struct sbh_call *call)
                        MAX_TEXT);
         return -1;
     }
-    if (!text && !json_object_get(b, "media")) {
-        sbh_call_error(call, 400, "invalid_field", "text", "a message needs text or media");
+    if (!text && !json_object_get(b, "media") && !json_object_get(b, "template")) {
+        sbh_call_error(call, 400, "invalid_field", "text", "a message needs text, media or a template");
+        return -1;
+    }
+    /* Formatting is opt-in: plain text unless the caller names a markup. */
+    json_t *format = json_object_get(b, "format");
+    if (format && (!json_is_string(format) || (strcmp(json_string_value(format), "plain") &&
+                                               strcmp(json_string_value(format), "markdown") &&
+                                               strcmp(json_string_value(format), "html")))) {
+        sbh_call_error(call, 400, "invalid_field", "format",
+                       "format must be \"plain\", \"markdown\" or \"html\"");
+        return -1;
+    }
+    /* A provider template (WhatsApp), passed through as given. */
+    json_t *template = json_object_get(b, "template");
+    if (template && (!json_is_object(template) ||
+                     !json_is_string(json_object_get(template, "name")))) {
+        sbh_call_error(call, 400, "invalid_field", "template",
+                       "template must be an object with a name");
         return -1;
     }
     static const char *const strings[] = {"reply_to", "thread"};

@@ -92,13 +92,14 @@ static int record_status(MYSQL *conn, const char *instance, const json_t *payloa
     if (strcmp(state, "sent") && strcmp(state, "delivered") && strcmp(state, "read") &&
         strcmp(state, "failed"))
         return SBH_DB_OK;
-    /* A failure only follows what was not yet delivered. */
+    /* A failure only follows what was not yet delivered; the provider's reason is kept. */
     if (!strcmp(state, "failed"))
         return sbh_db_exec(conn, matched,
-                           "UPDATE messages SET state = 'failed', updated_at = UTC_TIMESTAMP(6) "
+                           "UPDATE messages SET state = 'failed', last_error = COALESCE(?, "
+                           "last_error), updated_at = UTC_TIMESTAMP(6) "
                            "WHERE instance_id = ? AND provider_message_id = ? AND direction = "
                            "'out' AND state IN ('queued', 'sending', 'sent')",
-                           "ss", instance, pmid);
+                           "sss", str_of(payload, "error"), instance, pmid);
     /* A late "delivered" does not undo "read". */
     return sbh_db_exec(conn, matched,
                        "UPDATE messages SET state = ?, updated_at = UTC_TIMESTAMP(6) "

@@ -434,6 +434,7 @@ static void handle_result(struct msg *m)
         return;
     }
     breaker_failure(lane);
+    /* The health shows the last error seen, a transient one too. */
     lane->last_failure = time(NULL);
     free(lane->last_error);
     lane->last_error = m->error ? strdup(m->error) : NULL;

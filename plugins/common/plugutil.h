@@ -1,0 +1,71 @@
+/*
+ * Small helpers shared by the bundled provider plugins (compiled into each
+ * plugin that lists plugutil.c in its sources; nothing here is exported).
+ * SDK and Jansson only: no host headers, no libcurl, no OpenSSL.
+ */
+#ifndef SB_PLUGUTIL_H
+#define SB_PLUGUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <switchboard/switchboard.h>
+
+/* Upper bound of a provider's retry hint we pass on (1 hour). */
+#define PU_MAX_RETRY_MS (3600u * 1000u)
+
+char *pu_strdup(const char *s);
+/* malloc'd printf; NULL when out of memory. */
+char *pu_printf(const char *fmt, ...) SB_PRINTF(1, 2);
+/* strdup of a JSON string member, or of dflt (may be NULL) when absent/empty. */
+char *pu_json_strdup(const json_t *obj, const char *key, const char *dflt);
+
+/* Case-insensitive header lookup; NULL when absent. */
+const char *pu_header(const sb_header *headers, size_t n, const char *name);
+/* The url-decoded value of name in a query string (malloc'd), or NULL. */
+char *pu_query_param(const char *query, const char *name);
+/* Constant-time equality of two NUL-terminated strings (length leaks). */
+int pu_ct_equal(const char *a, const char *b);
+/* Seconds -> milliseconds, clamped to PU_MAX_RETRY_MS; 0 for <= 0. */
+uint32_t pu_secs_to_ms(double secs);
+/* Retry-After (delta-seconds) of a response in ms, or 0. */
+uint32_t pu_retry_after_header(const sb_http_response *resp);
+
+/* A growing byte buffer; p is NUL-terminated after every append. */
+struct pu_buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+void pu_buf_add(struct pu_buf *b, const void *data, size_t len);
+void pu_buf_str(struct pu_buf *b, const char *s);
+void pu_buf_free(struct pu_buf *b);
+
+/* Standard base64 (padding optional, whitespace skipped); 0 or -1. */
+int pu_base64_decode(const char *in, unsigned char **out, size_t *out_len);
+
+/* "image", "video", "audio" or "document" for a MIME type. */
+const char *pu_media_kind(const char *mime);
+/* A copy of s cut to at most max_chars UTF-8 characters. */
+char *pu_utf8_cut(const char *s, size_t max_chars);
+
+/*
+ * A multipart/form-data body: pu_mp_field() for text parts, pu_mp_file() for
+ * the file part; pu_mp_end() closes it. boundary is fixed per body.
+ */
+struct pu_multipart {
+    struct pu_buf buf;
+    char boundary[48];
+    char content_type[96];
+};
+void pu_mp_init(struct pu_multipart *mp);
+void pu_mp_field(struct pu_multipart *mp, const char *name, const char *value);
+void pu_mp_file(struct pu_multipart *mp, const char *name, const char *filename, const char *mime,
+                const unsigned char *data, size_t len);
+void pu_mp_end(struct pu_multipart *mp);
+
+/* Answer a webhook with a JSON error in the API's shape. */
+void pu_reply_error(const sb_host_services *host, sb_reply *reply, int status, const char *code,
+                    const char *message);
+
+#endif

@@ -1,0 +1,100 @@
+"""The instagram plugin against the fake Graph API: signed webhooks with
+object "instagram", DMs, story replies and mentions flagged, quick replies,
+read statuses, and Send API bodies."""
+
+import time
+
+import pytest
+
+from conftest import wait_until
+from fakeprovider import SSE, send, wait_state
+from fakes.meta import FakeGraph, post_webhook
+from providers import create_instance, inbound_messages, start_daemon, wait_instance_state
+
+TOKEN = "IGQVfaketoken"
+APP_SECRET = "ig-app-secret"
+IG_ID = "17841400000000000"
+IGSID = "998877665544"
+
+
+@pytest.fixture
+def graph():
+    g = FakeGraph(TOKEN, page_id=IG_ID).start()
+    yield g
+    assert g.errors == [], "requests the Graph API would refuse: %r" % g.errors
+    g.close()
+
+
+def instance(d, graph):
+    iid = create_instance(d, "instagram", "ig", {"ig_account_id": IG_ID, "api_base": graph.url},
+                          {"access_token": TOKEN, "app_secret": APP_SECRET,
+                           "verify_token": "igv"})
+    wait_instance_state(d, iid, "connected")
+    return iid
+
+
+def ig_event(*items):
+    return {"object": "instagram", "entry": [{"id": IG_ID, "time": int(time.time() * 1000),
+                                              "messaging": list(items)}]}
+
+
+def item(**kw):
+    it = {"sender": {"id": IGSID}, "recipient": {"id": IG_ID},
+          "timestamp": int(time.time() * 1000)}
+    it.update(kw)
+    return it
+
+
+def test_inbound_dm_story_reply_and_mention(make_daemon, graph):
+    d = start_daemon(make_daemon, "instagram")
+    iid = instance(d, graph)
+    hook = "/webhook/instagram/" + iid
+    sse = SSE(d.port, "/v1/events?instance=" + iid, key=d.admin_key)
+    try:
+        ev = ig_event(
+            item(message={"mid": "ig_1", "text": "hey"}),
+            item(message={"mid": "ig_2", "text": "nice story",
+                          "reply_to": {"story": {"url": "https://cdn.test/s.mp4",
+                                                 "id": "1790"}}}),
+            item(message={"mid": "ig_3", "attachments": [
+                {"type": "story_mention", "payload": {"url": "https://cdn.test/m.jpg"}}]}),
+            item(message={"mid": "ig_4", "text": "Red", "quick_reply": {"payload": "RED"}}))
+        assert post_webhook(d, hook, ev, secret="wrong").status == 403
+        assert post_webhook(d, hook, ev, secret=APP_SECRET).status == 200
+        wait_until(lambda: len(sse.snapshot()) >= 4, 5, what="4 events")
+        evs = {e["data"]["data"]["message_id"]: e for e in sse.snapshot()}
+        assert evs["ig_1"]["data"]["data"]["text"] == "hey"
+        assert evs["ig_2"]["data"]["data"]["story_reply"] == {"url": "https://cdn.test/s.mp4",
+                                                              "id": "1790"}
+        assert evs["ig_3"]["data"]["data"]["story_mention"] == {"url": "https://cdn.test/m.jpg"}
+        assert evs["ig_4"]["event"] == "interaction" and evs["ig_4"]["data"]["data"]["id"] == "RED"
+        # A Messenger-shaped body (object "page") is not ours: acknowledged, ignored.
+        page = dict(ig_event(item(message={"mid": "x", "text": "x"})), object="page")
+        assert post_webhook(d, hook, page, secret=APP_SECRET).status == 200
+        time.sleep(0.3)
+        assert len(inbound_messages(d, iid)) == 3
+    finally:
+        sse.close()
+
+
+def test_send_and_read_status(make_daemon, graph):
+    d = start_daemon(make_daemon, "instagram")
+    iid = instance(d, graph)
+    acc = send(d, iid, {"to": IGSID, "text": "Colour?",
+                        "buttons": [{"id": "RED", "title": "Red"}, {"id": "BLUE", "title": "Blue"}]})
+    doc = wait_state(d, acc["id"], "sent")
+    r = graph.messages()[-1]
+    assert r.route == "/v23.0/me/messages" and r.headers["authorization"] == "Bearer " + TOKEN
+    assert r.params == {"recipient": {"id": IGSID}, "messaging_type": "RESPONSE", "message": {
+        "text": "Colour?", "quick_replies": [
+            {"content_type": "text", "title": "Red", "payload": "RED"},
+            {"content_type": "text", "title": "Blue", "payload": "BLUE"}]}}, r.params
+    acc2 = send(d, iid, {"to": IGSID, "media": {"url": "https://x.test/a.jpg",
+                                                "mime_type": "image/jpeg"}})
+    wait_state(d, acc2["id"], "sent")
+    assert graph.messages()[-1].params["message"] == {
+        "attachment": {"type": "image", "payload": {"url": "https://x.test/a.jpg",
+                                                    "is_reusable": True}}}
+    read = ig_event(item(sender={"id": IGSID}, read={"mid": doc["provider_message_id"]}))
+    assert post_webhook(d, "/webhook/instagram/" + iid, read, secret=APP_SECRET).status == 200
+    wait_state(d, acc["id"], "read")
