@@ -96,7 +96,7 @@ static int check_media(struct sbh_call *call)
 static int check_message(struct sbh_call *call)
 {
     static const char *const allowed[] = {"to", "text", "media", "buttons", "quick_replies",
-                                          "reply_to", "thread", NULL};
+                                          "reply_to", "thread", "provider_options", NULL};
     if (sbh_call_body_object(call, allowed) < 0)
         return -1;
     json_t *b = call->body, *text = json_object_get(b, "text");
@@ -121,6 +121,11 @@ static int check_message(struct sbh_call *call)
             sbh_call_error(call, 400, "invalid_field", strings[i], "must be a string");
             return -1;
         }
+    }
+    json_t *po = json_object_get(b, "provider_options");
+    if (po && !json_is_object(po)) {
+        sbh_call_error(call, 400, "invalid_field", "provider_options", "must be an object");
+        return -1;
     }
     return check_media(call) < 0 || check_choices(call, "buttons") < 0 ||
                    check_choices(call, "quick_replies") < 0
