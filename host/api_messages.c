@@ -342,6 +342,10 @@ static void then_listed(struct sbh_call *call, int rc)
 
 static void list_messages(struct sbh_call *call)
 {
+    uint32_t caps;
+    const char *provider;
+    if (sbh_registry_instance_caps(call->d->reg, call->id, &caps, &provider) < 0)
+        return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
     struct evkeyvalq q;
     const char *uri_query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(call->req));
     TAILQ_INIT(&q);

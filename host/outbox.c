@@ -397,6 +397,9 @@ static void handle_result(struct msg *m)
     lane->retried++;
     count(lane, "switchboard_messages_retried_total", "Send attempts that will be retried");
     queue_update(lane->ob, m, "queued", 0, wait);
+    /* The lane's health shows the latest error, transient ones too. */
+    free(lane->last_error);
+    lane->last_error = m->error ? strdup(m->error) : NULL;
     free(m->error);
     m->error = NULL;
     free(m->provider_msg_id);
