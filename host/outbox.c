@@ -61,6 +61,7 @@ struct accept {
     void *arg;
     int result;
     int duplicate;
+    int retries; /* conflicts retried alone (a concurrent batch had the key) */
     char *stored_id;
 };
 
@@ -654,6 +655,14 @@ static void done_accepts(void *arg, int rc)
             accept_one(ob, a);
             a = next;
         }
+        free(b);
+        return;
+    }
+    if (rc == SBH_DB_CONFLICT && a && keyed(a) && a->retries < 3) {
+        /* Alone and still a conflict: a batch on the other connection committed the
+         * same key meanwhile. Once more: its SELECT now finds that message. */
+        a->retries++;
+        accept_one(ob, a);
         free(b);
         return;
     }
