@@ -128,7 +128,7 @@ static int verify(const struct sl_instance *si, const sb_http_request *req, cons
     }
     /* "v0:" + timestamp + ":" + body */
     size_t blen = strlen(ts) + 4 + req->body_len;
-    unsigned char *base = malloc(blen);
+    unsigned char *base = malloc(blen + 1); /* + sprintf's NUL when the body is empty */
     if (!base) {
         *why = "out of memory";
         return 0;
