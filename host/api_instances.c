@@ -477,9 +477,17 @@ static void merge_patch(json_t *target, const json_t *patch)
     }
 }
 
+/* Known to the registry but not in the database: an instance of the config file. */
+static int config_managed(struct sbh_call *call)
+{
+    json_t *st = sbh_registry_instance_status(call->d->reg, call->id);
+    json_decref(st); /* a new reference: only whether there is one matters */
+    return st != NULL;
+}
+
 static void then_patch_loaded(struct sbh_call *call, int rc)
 {
-    if (rc == SBH_DB_NOTFOUND && sbh_registry_instance_status(call->d->reg, call->id))
+    if (rc == SBH_DB_NOTFOUND && config_managed(call))
         return sbh_call_error(call, 409, "config_managed", NULL,
                               "instance %s is defined in the config file; edit it there", call->id);
     if (rc != SBH_DB_OK)
@@ -541,7 +549,7 @@ static void patch_instance(struct sbh_call *call)
 
 static void then_deleted(struct sbh_call *call, int rc)
 {
-    if (rc == SBH_DB_NOTFOUND && sbh_registry_instance_status(call->d->reg, call->id))
+    if (rc == SBH_DB_NOTFOUND && config_managed(call))
         return sbh_call_error(call, 409, "config_managed", NULL,
                               "instance %s is defined in the config file; remove it there",
                               call->id);

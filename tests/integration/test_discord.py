@@ -112,6 +112,7 @@ def test_command_and_component_interactions(make_daemon, fake, key):
         assert len([e for e in sse.snapshot() if e["data"]["data"]["kind"] == "button"]) == 1
     finally:
         sse.close()
+        time.sleep(0.5)  # let the daemon see the stream end before teardown
 
 
 def test_commands_registered_on_start(make_daemon, fake, key):
@@ -156,6 +157,7 @@ def test_gateway_identify_heartbeat_dispatches(make_daemon, fake, key):
         assert inbound_texts(d) == ["from alice"]  # our own message is skipped
     finally:
         sse.close()
+        time.sleep(0.5)  # let the daemon see the stream end before teardown
     assert gw_status(d)["seq"] == 4
 
 

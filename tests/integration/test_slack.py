@@ -172,6 +172,7 @@ def test_slash_command_and_interactive(make_daemon, fake):
         assert d.post(HOOK, form, headers=bad).status == 401
     finally:
         sse.close()
+        time.sleep(0.5)  # let the daemon see the stream end before teardown
 
 
 # -- sending -----------------------------------------------------------------------------
@@ -286,6 +287,7 @@ def test_socket_mode_envelopes_acked(make_daemon, fake):
         assert len([m for m in inbound(d) if m["body"]["text"] == "over socket"]) == 1
     finally:
         sse.close()
+        time.sleep(0.5)  # let the daemon see the stream end before teardown
 
 
 def test_socket_mode_disconnect_and_reconnect(make_daemon, fake):
