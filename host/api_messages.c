@@ -96,7 +96,8 @@ static int check_media(struct sbh_call *call)
 static int check_message(struct sbh_call *call)
 {
     static const char *const allowed[] = {"to", "text", "media", "buttons", "quick_replies",
-                                          "reply_to", "thread", "format", "template", NULL};
+                                          "reply_to", "thread", "format", "template",
+                                          "provider_options", NULL};
     if (sbh_call_body_object(call, allowed) < 0)
         return -1;
     json_t *b = call->body, *text = json_object_get(b, "text");
@@ -138,6 +139,11 @@ static int check_message(struct sbh_call *call)
             sbh_call_error(call, 400, "invalid_field", strings[i], "must be a string");
             return -1;
         }
+    }
+    json_t *po = json_object_get(b, "provider_options");
+    if (po && !json_is_object(po)) {
+        sbh_call_error(call, 400, "invalid_field", "provider_options", "must be an object");
+        return -1;
     }
     return check_media(call) < 0 || check_choices(call, "buttons") < 0 ||
                    check_choices(call, "quick_replies") < 0
@@ -358,6 +364,10 @@ static void then_listed(struct sbh_call *call, int rc)
 
 static void list_messages(struct sbh_call *call)
 {
+    uint32_t caps;
+    const char *provider;
+    if (sbh_registry_instance_caps(call->d->reg, call->id, &caps, &provider) < 0)
+        return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
     struct evkeyvalq q;
     const char *uri_query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(call->req));
     TAILQ_INIT(&q);

@@ -2,6 +2,7 @@
 
 #include "auth.h"
 #include "httpc.h"
+#include "ws.h"
 #include "log.h"
 #include "inbound.h"
 #include "outbox.h"
@@ -300,9 +301,11 @@ int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_con
     d->listener = sbh_http_bind(d, d->cfg->listen_address, d->cfg->port);
     d->reg = sbh_registry_new(d->base, copy_dir);
     d->httpc = sbh_httpc_new(d->base);
-    if (!d->listener || !d->reg || !d->httpc)
+    d->wsc = sbh_wsc_new(d->base);
+    if (!d->listener || !d->reg || !d->httpc || !d->wsc)
         return -1;
     sbh_registry_set_httpc(d->reg, d->httpc);
+    sbh_registry_set_wsc(d->reg, d->wsc);
     sbh_registry_set_event_sink(d->reg, on_event, d);
     sbh_daemon_apply_limits(d, d->cfg);
     sbh_registry_set_webhook_limit(d->reg, d->hook_limit);
@@ -336,6 +339,8 @@ void sbh_daemon_free(struct sbh_daemon *d)
     d->reg = NULL;
     sbh_httpc_free(d->httpc); /* after the registry: what plugins left open is gone */
     d->httpc = NULL;
+    sbh_wsc_free(d->wsc);
+    d->wsc = NULL;
     sbh_storage_close(d);
     sbh_watch_free(d->watch);
     sbh_ratelimit_free(d->api_limit);

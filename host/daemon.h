@@ -17,6 +17,7 @@
 
 struct sbh_auth;
 struct sbh_httpc;
+struct sbh_wsc;
 struct sbh_db_restart;
 struct sbh_outbox;
 struct sbh_inbound;
@@ -57,6 +58,7 @@ struct sbh_daemon {
     struct sbh_events *events;
     struct sbh_subs *subs;
     struct sbh_httpc *httpc; /* outbound HTTP for plugins (and the host) */
+    struct sbh_wsc *wsc;     /* WebSocket client for plugins */
     struct event *key_refresh;
     unsigned api_inflight;
     struct sbh_ratelimit *api_limit;  /* per API key */

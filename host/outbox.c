@@ -66,6 +66,7 @@ struct accept {
     void *arg;
     int result;
     int duplicate;
+    int retries; /* conflicts retried alone (a concurrent batch had the key) */
     char *stored_id;
     int tries; /* conflicts seen: a racing twin with the same key */
 };
@@ -448,6 +449,9 @@ static void handle_result(struct msg *m)
     lane->retried++;
     count(lane, "switchboard_messages_retried_total", "Send attempts that will be retried");
     queue_update(lane->ob, m, "queued", 0, wait);
+    /* The lane's health shows the latest error, transient ones too. */
+    free(lane->last_error);
+    lane->last_error = m->error ? strdup(m->error) : NULL;
     free(m->error);
     m->error = NULL;
     free(m->provider_msg_id);
@@ -799,6 +803,14 @@ static void done_accepts(void *arg, int rc)
             accept_one(ob, a);
             a = next;
         }
+        free(b);
+        return;
+    }
+    if (rc == SBH_DB_CONFLICT && a && keyed(a) && a->retries < 3) {
+        /* Alone and still a conflict: a batch on the other connection committed the
+         * same key meanwhile. Once more: its SELECT now finds that message. */
+        a->retries++;
+        accept_one(ob, a);
         free(b);
         return;
     }

@@ -1,6 +1,7 @@
 #include "registry.h"
 
 #include "httpc.h"
+#include "ws.h"
 #include "cidr.h"
 #include "loader.h"
 #include "ratelimit.h"
@@ -62,6 +63,11 @@ void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc)
     reg->httpc = httpc;
 }
 
+void sbh_registry_set_wsc(struct sbh_registry *reg, struct sbh_wsc *wsc)
+{
+    reg->wsc = wsc;
+}
+
 void sbh_registry_set_inbound(struct sbh_registry *reg, struct sbh_inbound *inbound)
 {
     reg->inbound = inbound;
@@ -91,11 +97,13 @@ static void gen_unload(struct sb_plugin *gen)
         return;
     sbh_timers_cancel_gen(gen);
     sbh_httpc_cancel_gen(gen);
+    sbh_ws_cancel_gen(gen);
     if (gen->initialised)
         gen->desc->shutdown(gen);
     /* shutdown may have started timers or requests of its own; they die with the code. */
     sbh_timers_cancel_gen(gen);
     sbh_httpc_cancel_gen(gen);
+    sbh_ws_cancel_gen(gen);
     sbh_loader_close(gen);
 }
 
@@ -131,6 +139,7 @@ static void instance_start(struct sb_instance *inst, struct sb_plugin *gen)
     if (gen->desc->instance_start(inst, inst->settings, &inst->state) < 0) {
         sbh_timers_cancel_inst(inst);
         sbh_httpc_cancel_inst(inst);
+        sbh_ws_cancel_inst(inst);
         inst->gen = NULL;
         inst->conn_state = SB_STATE_ERROR;
         sbh_log(SB_LOG_ERROR, "instance", inst->slot->name, inst->id, "instance failed to start");
@@ -162,6 +171,7 @@ static void instance_stop(struct sb_instance *inst)
     inst->state = NULL;
     sbh_timers_cancel_inst(inst);
     sbh_httpc_cancel_inst(inst);
+    sbh_ws_cancel_inst(inst);
     fail_sends(inst);
     /* What the plugin forgot to answer is answered for it. */
     struct sb_reply *r;
@@ -185,6 +195,7 @@ static struct sb_instance *instance_new(struct sbh_slot *slot, const char *id,
     inst->enabled = enabled;
     LIST_INIT(&inst->timers);
     LIST_INIT(&inst->http_calls);
+    LIST_INIT(&inst->websockets);
     TAILQ_INIT(&inst->pending);
     TAILQ_INIT(&inst->sends);
     if (!inst->id || !inst->settings) {

@@ -43,6 +43,8 @@ void sbh_registry_set_inbound(struct sbh_registry *reg, struct sbh_inbound *inbo
 /* The client behind the http_request service (borrowed; NULL: not offered). */
 struct sbh_httpc;
 void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc);
+struct sbh_wsc;
+void sbh_registry_set_wsc(struct sbh_registry *reg, struct sbh_wsc *wsc);
 
 /* The per-address limiter of webhook routes (borrowed; NULL: unlimited). */
 struct sbh_ratelimit;

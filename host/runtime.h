@@ -53,6 +53,9 @@ LIST_HEAD(sbh_timer_list, sb_timer);
 /* Outbound HTTP calls of a plugin (struct sb_http_call is httpc.c's). */
 LIST_HEAD(sbh_http_call_list, sb_http_call);
 
+/* WebSockets of a plugin (struct sb_ws is ws.c's). */
+LIST_HEAD(sbh_ws_list, sb_ws);
+
 /* A webhook request waiting for its plugin's answer, or held during a swap. */
 struct sb_reply {
     TAILQ_ENTRY(sb_reply) link; /* in its instance's pending list or the slot's held queue */
@@ -98,6 +101,7 @@ struct sb_plugin {
     int initialised;
     struct sbh_timer_list timers;
     struct sbh_http_call_list http_calls;
+    struct sbh_ws_list websockets;
 };
 
 struct sb_instance {
@@ -111,6 +115,7 @@ struct sb_instance {
     char *detail;
     struct sbh_timer_list timers;
     struct sbh_http_call_list http_calls;
+    struct sbh_ws_list websockets;
     struct sbh_reply_list pending;
     unsigned n_pending;
     struct sbh_send_list sends;
@@ -164,6 +169,7 @@ struct sbh_registry {
     size_t storing;              /* answers waiting for their events to be stored */
     struct sbh_ratelimit *hook_limit; /* per client address on webhook routes */
     struct sbh_httpc *httpc; /* backs http_request/http_cancel; NULL: not offered */
+    struct sbh_wsc *wsc;     /* backs ws_connect/ws_send/ws_close; NULL: not offered */
 };
 
 /* services.c */

@@ -10,6 +10,7 @@
 #include "kv.h"
 #include "log.h"
 #include "metrics.h"
+#include "ws.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -185,20 +186,23 @@ static void svc_http_cancel(sb_http_call *call)
     sbh_httpc_cancel(call);
 }
 
-/* Services later issues provide: the shape is final, the answer is "not here yet". */
-
 static sb_ws *svc_ws_connect(sb_plugin *self, sb_instance *inst, const char *url,
                              const sb_header *headers, size_t n_headers, sb_ws_fn fn, void *arg)
 {
-    return NULL;
+    if (!self || !self->slot || !self->slot->reg->wsc)
+        return NULL;
+    return sbh_ws_connect(self->slot->reg->wsc, self, inst, url, headers, n_headers, fn, arg);
 }
 
 static int svc_ws_send(sb_ws *ws, int binary, const void *data, size_t len)
 {
-    return SB_ENOTAVAIL;
+    return sbh_ws_send(ws, binary, data, len);
 }
 
-static void svc_ws_close(sb_ws *ws, int code, const char *reason) {}
+static void svc_ws_close(sb_ws *ws, int code, const char *reason)
+{
+    sbh_ws_close(ws, code, reason);
+}
 
 static int svc_kv_get(sb_instance *inst, const char *key, char **value)
 {

@@ -149,8 +149,26 @@ typedef struct sb_host_services {
     void (*http_cancel)(sb_http_call *call);
 
     /*
-     * WebSocket client (ws:// or wss://); fn gets OPEN, then messages, then
-     * exactly one CLOSED. headers (borrowed) are sent with the handshake.
+     * WebSocket client (ws:// or wss://, RFC 6455); fn gets OPEN, then
+     * messages (whole: fragments are reassembled; text is valid UTF-8), then
+     * exactly one CLOSED, never from inside ws_connect/ws_send/ws_close.
+     * CLOSED's close_code is the server's code after a close it started
+     * (1005 when it gave none), the code the host sent when it closed for a
+     * protocol reason (1002, 1007 bad UTF-8, 1009 message over 16 MiB), or
+     * 1006 when the connection broke or could not be opened (data then holds
+     * a reason text). headers (borrowed) are sent with the upgrade request;
+     * the handshake's own (Host, Upgrade, Connection, Sec-WebSocket-*) cannot
+     * be set. Returns NULL, without a callback, for an unusable URL or header.
+     * wss:// verifies the server's certificate and name against the system CA
+     * store (SSL_CERT_FILE/SSL_CERT_DIR are honoured). Reconnecting, with
+     * backoff, is the plugin's job (timers): the host never reconnects.
+     *
+     * ws_send queues one message: SB_OK, SB_EGONE when the socket is not (or
+     * no longer) open, SB_ENOMEM when 64 MiB are already waiting to go out.
+     * ws_close (code 0 means 1000; reason at most 123 bytes) lets go of the
+     * socket: no callback comes for it afterwards, like http_cancel, and the
+     * host finishes the close handshake on its own. Call it at most once, and
+     * not after CLOSED was delivered. Both may be called from inside fn.
      */
     sb_ws *(*ws_connect)(sb_plugin *self, sb_instance *inst, const char *url,
                          const sb_header *headers, size_t n_headers, sb_ws_fn fn, void *arg);
