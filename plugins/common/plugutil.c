@@ -323,3 +323,85 @@ void pu_reply_error(const sb_host_services *host, sb_reply *reply, int status, c
     free(text);
     json_decref(err);
 }
+
+const char *pu_req_header(const sb_http_request *req, const char *name)
+{
+    return pu_header(req->headers, req->n_headers, name);
+}
+
+const char *pu_resp_header(const sb_http_response *resp, const char *name)
+{
+    return pu_header(resp->headers, resp->n_headers, name);
+}
+
+const char *pu_jstr(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+json_t *pu_form_decode(const unsigned char *body, size_t len)
+{
+    json_t *obj = json_object();
+    const char *p = (const char *)body, *end = p + len;
+    while (obj && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        if (stop > p) {
+            const char *ke = eq ? eq : stop;
+            char *k = url_decode(p, (size_t)(ke - p));
+            char *v = eq ? url_decode(eq + 1, (size_t)(stop - eq - 1)) : pu_strdup("");
+            json_t *js = v ? json_string(v) : NULL; /* NULL too when not UTF-8 */
+            if (!k || !v || !js) {
+                free(k);
+                free(v);
+                json_decref(js);
+                json_decref(obj);
+                return NULL;
+            }
+            json_object_set_new(obj, k, js);
+            free(k);
+            free(v);
+        }
+        p = amp ? amp + 1 : end;
+    }
+    return obj;
+}
+
+uint32_t pu_backoff_ms(unsigned attempt, uint32_t base_ms, uint32_t cap_ms)
+{
+    uint64_t top = (uint64_t)base_ms << (attempt > 16 ? 16 : attempt);
+    if (top > cap_ms)
+        top = cap_ms;
+    if (top <= base_ms)
+        return base_ms;
+    return base_ms + (uint32_t)((uint64_t)random() % (top - base_ms + 1));
+}
+
+void pu_hex(const unsigned char *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * len] = 0;
+}
+
+int pu_unhex(const char *hex, unsigned char *out, size_t out_len)
+{
+    if (!hex || strlen(hex) != 2 * out_len)
+        return -1;
+    for (size_t i = 0; i < out_len; i++) {
+        int hi = hexval((unsigned char)hex[2 * i]), lo = hexval((unsigned char)hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (unsigned char)(hi * 16 + lo);
+    }
+    return (int)out_len;
+}
+
+void pu_reply_json(const sb_host_services *host, sb_reply *reply, int status, const char *text)
+{
+    host->reply(reply, status, "application/json", text, strlen(text));
+}

@@ -64,6 +64,22 @@ void pu_mp_file(struct pu_multipart *mp, const char *name, const char *filename,
                 const unsigned char *data, size_t len);
 void pu_mp_end(struct pu_multipart *mp);
 
+/* A request's or response's header (case-insensitive), or NULL. */
+const char *pu_req_header(const sb_http_request *req, const char *name);
+const char *pu_resp_header(const sb_http_response *resp, const char *name);
+/* A JSON string member, or NULL. */
+const char *pu_jstr(const json_t *obj, const char *key);
+/* application/x-www-form-urlencoded -> {"name": "value"} (last one wins); NULL if not UTF-8. */
+json_t *pu_form_decode(const unsigned char *body, size_t len);
+/* Exponential backoff with full jitter: random in [base, min(cap, base << attempt)]. */
+uint32_t pu_backoff_ms(unsigned attempt, uint32_t base_ms, uint32_t cap_ms);
+/* Lower-case hex of len bytes into out (2*len+1). */
+void pu_hex(const unsigned char *in, size_t len, char *out);
+/* Hex text -> bytes; the count, or -1 when not exactly out_len bytes of hex. */
+int pu_unhex(const char *hex, unsigned char *out, size_t out_len);
+
+/* Answer a webhook with JSON text. */
+void pu_reply_json(const sb_host_services *host, sb_reply *reply, int status, const char *text);
 /* Answer a webhook with a JSON error in the API's shape. */
 void pu_reply_error(const sb_host_services *host, sb_reply *reply, int status, const char *code,
                     const char *message);

@@ -46,7 +46,7 @@
 
 #include <switchboard/switchboard.h>
 
-#include "../common/sbputil.h"
+#include "../common/plugutil.h"
 
 #define DISCORD_VERSION "1.0.0"
 #define REST_TIMEOUT_MS 15000
@@ -172,24 +172,24 @@ static json_t *interaction_event(const json_t *ix)
                        : type == 4 ? "autocomplete"
                        : type == 5 ? "modal"
                                    : "other";
-    const char *id = sbp_jstr(ix, "id");
-    char *eid = id ? sbp_printf("interaction:%s", id) : NULL;
+    const char *id = pu_jstr(ix, "id");
+    char *eid = id ? pu_printf("interaction:%s", id) : NULL;
     json_t *p = json_object();
     set_str(p, "event_id", eid);
     free(eid);
     set_str(p, "kind", kind);
     set_str(p, "interaction_id", id);
-    set_str(p, "interaction_token", sbp_jstr(ix, "token"));
-    set_str(p, "application_id", sbp_jstr(ix, "application_id"));
-    set_str(p, "command", sbp_jstr(data, "name"));
+    set_str(p, "interaction_token", pu_jstr(ix, "token"));
+    set_str(p, "application_id", pu_jstr(ix, "application_id"));
+    set_str(p, "command", pu_jstr(data, "name"));
     set_copy(p, "options", json_object_get(data, "options"));
-    set_str(p, "button_id", sbp_jstr(data, "custom_id"));
+    set_str(p, "button_id", pu_jstr(data, "custom_id"));
     set_copy(p, "values", json_object_get(data, "values"));
-    set_str(p, "from", sbp_jstr(user, "id"));
-    set_str(p, "from_name", sbp_jstr(user, "username"));
-    set_str(p, "chat", sbp_jstr(ix, "channel_id"));
-    set_str(p, "guild", sbp_jstr(ix, "guild_id"));
-    set_str(p, "message_id", sbp_jstr(json_object_get(ix, "message"), "id"));
+    set_str(p, "from", pu_jstr(user, "id"));
+    set_str(p, "from_name", pu_jstr(user, "username"));
+    set_str(p, "chat", pu_jstr(ix, "channel_id"));
+    set_str(p, "guild", pu_jstr(ix, "guild_id"));
+    set_str(p, "message_id", pu_jstr(json_object_get(ix, "message"), "id"));
     return p;
 }
 
@@ -211,21 +211,21 @@ static const char *deferred_response(json_int_t type)
 static int emit_message(struct dc_instance *di, const json_t *m)
 {
     const json_t *author = json_object_get(m, "author");
-    const char *author_id = sbp_jstr(author, "id");
+    const char *author_id = pu_jstr(author, "id");
     if (di->self_id && author_id && !strcmp(author_id, di->self_id))
         return 0; /* our own message */
-    const char *id = sbp_jstr(m, "id");
-    char *eid = id ? sbp_printf("message:%s", id) : NULL;
+    const char *id = pu_jstr(m, "id");
+    char *eid = id ? pu_printf("message:%s", id) : NULL;
     json_t *p = json_object();
     set_str(p, "event_id", eid);
     free(eid);
     set_str(p, "message_id", id);
     set_str(p, "from", author_id);
-    set_str(p, "from_name", sbp_jstr(author, "username"));
-    set_str(p, "chat", sbp_jstr(m, "channel_id"));
-    set_str(p, "guild", sbp_jstr(m, "guild_id"));
-    set_str(p, "text", sbp_jstr(m, "content") ? sbp_jstr(m, "content") : "");
-    set_str(p, "reply_to", sbp_jstr(json_object_get(m, "message_reference"), "message_id"));
+    set_str(p, "from_name", pu_jstr(author, "username"));
+    set_str(p, "chat", pu_jstr(m, "channel_id"));
+    set_str(p, "guild", pu_jstr(m, "guild_id"));
+    set_str(p, "text", pu_jstr(m, "content") ? pu_jstr(m, "content") : "");
+    set_str(p, "reply_to", pu_jstr(json_object_get(m, "message_reference"), "message_id"));
     json_object_set_new(p, "bot", json_boolean(json_is_true(json_object_get(author, "bot"))));
     if (json_array_size(json_object_get(m, "attachments")))
         set_copy(p, "attachments", json_object_get(m, "attachments"));
@@ -239,8 +239,8 @@ static int emit_message(struct dc_instance *di, const json_t *m)
 
 static int verify(const struct dc_instance *di, const sb_http_request *req, const char **why)
 {
-    const char *sig_hex = sbp_req_header(req, "X-Signature-Ed25519");
-    const char *ts = sbp_req_header(req, "X-Signature-Timestamp");
+    const char *sig_hex = pu_req_header(req, "X-Signature-Ed25519");
+    const char *ts = pu_req_header(req, "X-Signature-Timestamp");
     unsigned char sig[64];
     if (!di->pubkey) {
         *why = "no public_key is configured";
@@ -250,7 +250,7 @@ static int verify(const struct dc_instance *di, const sb_http_request *req, cons
         *why = "X-Signature-Ed25519 and X-Signature-Timestamp are required";
         return 0;
     }
-    if (sbp_unhex(sig_hex, sig, sizeof(sig)) < 0) {
+    if (pu_unhex(sig_hex, sig, sizeof(sig)) < 0) {
         *why = "bad X-Signature-Ed25519";
         return 0;
     }
@@ -282,28 +282,27 @@ static int verify(const struct dc_instance *di, const sb_http_request *req, cons
     return 1;
 }
 
-static void dc_webhook(sb_instance *inst, void *state, const sb_http_request *req,
-                       sb_reply *reply)
+static void dc_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_reply *reply)
 {
     struct dc_instance *di = state;
     const char *why = NULL;
     if (!req->method || strcmp(req->method, "POST") != 0) {
         host->reply_header(reply, "Allow", "POST");
-        sbp_reply_error(host, reply, 405, "method_not_allowed", "only POST is accepted");
+        pu_reply_error(host, reply, 405, "method_not_allowed", "only POST is accepted");
         return;
     }
     if (!verify(di, req, &why)) {
         di->refused++;
         host->metric_add(plugin_self, di->inst, "requests_refused", 1);
         host->log(plugin_self, di->inst, SB_LOG_WARN, "interaction refused: %s", why);
-        sbp_reply_error(host, reply, 401, "bad_signature", why);
+        pu_reply_error(host, reply, 401, "bad_signature", why);
         return;
     }
     json_t *ix = json_loadb((const char *)req->body, req->body_len, 0, NULL);
     json_t *type = json_object_get(ix, "type");
     if (!json_is_object(ix) || !json_is_integer(type)) {
         json_decref(ix);
-        sbp_reply_error(host, reply, 400, "bad_body", "not an interaction");
+        pu_reply_error(host, reply, 400, "bad_body", "not an interaction");
         return;
     }
     json_int_t t = json_integer_value(type);
@@ -311,13 +310,13 @@ static void dc_webhook(sb_instance *inst, void *state, const sb_http_request *re
         if (host->emit_event(di->inst, "interaction", interaction_event(ix)) != SB_OK) {
             json_decref(ix);
             host->reply_header(reply, "Retry-After", "1");
-            sbp_reply_error(host, reply, 503, "event_rejected", "the host did not take the event");
+            pu_reply_error(host, reply, 503, "event_rejected", "the host did not take the event");
             return;
         }
         di->events++;
     }
     json_decref(ix);
-    sbp_reply_json(host, reply, 200, deferred_response(t));
+    pu_reply_json(host, reply, 200, deferred_response(t));
 }
 
 /* ---- REST: generic calls (interaction callbacks, command registration) ---- */
@@ -333,11 +332,11 @@ static void on_callback_answer(void *arg, const sb_http_response *resp)
 static sb_http_call *rest(struct dc_instance *di, const char *method, const char *path,
                           const char *body, sb_http_done_fn done, void *arg)
 {
-    char *url = sbp_printf("%s%s", di->api_base, path);
-    sb_header h[] = {{"Authorization", di->auth},
-                     {"Content-Type", "application/json"},
-                     {"User-Agent", "DiscordBot (https://example.invalid/switchboard, "
-                                    DISCORD_VERSION ")"}};
+    char *url = pu_printf("%s%s", di->api_base, path);
+    sb_header h[] = {
+        {"Authorization", di->auth},
+        {"Content-Type", "application/json"},
+        {"User-Agent", "DiscordBot (https://example.invalid/switchboard, " DISCORD_VERSION ")"}};
     sb_http_request req = {.method = method,
                            .url = url,
                            .headers = h,
@@ -363,15 +362,13 @@ static void on_commands_answer(void *arg, const sb_http_response *resp)
     host->log(plugin_self, di->inst, SB_LOG_WARN, "registering commands: HTTP %d %.*s",
               resp->status, (int)(resp->body_len > 300 ? 300 : resp->body_len),
               resp->body ? (const char *)resp->body : "");
-    if ((resp->status == 429 || resp->status >= 500 || resp->status == 0) &&
-        di->cmd_attempts < 5) {
-        json_t *b = resp->body_len
-                        ? json_loadb((const char *)resp->body, resp->body_len, 0, NULL)
-                        : NULL;
-        uint32_t ms = sbp_seconds_to_ms(json_number_value(json_object_get(b, "retry_after")));
+    if ((resp->status == 429 || resp->status >= 500 || resp->status == 0) && di->cmd_attempts < 5) {
+        json_t *b =
+            resp->body_len ? json_loadb((const char *)resp->body, resp->body_len, 0, NULL) : NULL;
+        uint32_t ms = pu_secs_to_ms(json_number_value(json_object_get(b, "retry_after")));
         json_decref(b);
         if (!ms)
-            ms = sbp_backoff_ms(di->cmd_attempts, 1000, 30000);
+            ms = pu_backoff_ms(di->cmd_attempts, 1000, 30000);
         di->cmd_timer = host->timer_start(plugin_self, di->inst, ms, 0, register_commands, di);
     }
 }
@@ -381,7 +378,7 @@ static void register_commands(void *arg)
     struct dc_instance *di = arg;
     di->cmd_timer = NULL;
     di->cmd_attempts++;
-    char *path = sbp_printf("/applications/%s/commands", di->app_id);
+    char *path = pu_printf("/applications/%s/commands", di->app_id);
     char *body = json_dumps(di->commands, JSON_COMPACT);
     if (path && body)
         rest(di, "PUT", path, body, on_commands_answer, di);
@@ -486,9 +483,9 @@ static void identify_or_resume(struct dc_instance *di)
                               "session_id", di->session_id, "seq", (json_int_t)di->seq));
         di->resumes++;
     } else {
-        gw_send(di, json_pack("{s:i,s:{s:s,s:I,s:{s:s,s:s,s:s}}}", "op", 2, "d", "token",
-                              di->token, "intents", (json_int_t)di->intents, "properties", "os",
-                              "linux", "browser", "switchboard", "device", "switchboard"));
+        gw_send(di, json_pack("{s:i,s:{s:s,s:I,s:{s:s,s:s,s:s}}}", "op", 2, "d", "token", di->token,
+                              "intents", (json_int_t)di->intents, "properties", "os", "linux",
+                              "browser", "switchboard", "device", "switchboard"));
         di->identifies++;
     }
 }
@@ -500,9 +497,9 @@ static void on_dispatch(struct dc_instance *di, const char *t, const json_t *d)
         free(di->session_id);
         free(di->resume_url);
         free(di->self_id);
-        di->session_id = sbp_strdup(sbp_jstr(d, "session_id"));
-        di->resume_url = sbp_strdup(sbp_jstr(d, "resume_gateway_url"));
-        di->self_id = sbp_strdup(sbp_jstr(json_object_get(d, "user"), "id"));
+        di->session_id = pu_strdup(pu_jstr(d, "session_id"));
+        di->resume_url = pu_strdup(pu_jstr(d, "resume_gateway_url"));
+        di->self_id = pu_strdup(pu_jstr(json_object_get(d, "user"), "id"));
         kv_put(di, "session_id", di->session_id);
         kv_put(di, "resume_gateway_url", di->resume_url);
         kv_put(di, "self_id", di->self_id);
@@ -519,9 +516,9 @@ static void on_dispatch(struct dc_instance *di, const char *t, const json_t *d)
     } else if (!strcmp(t, "INTERACTION_CREATE")) {
         if (host->emit_event(di->inst, "interaction", interaction_event(d)) == SB_OK)
             di->events++;
-        const char *id = sbp_jstr(d, "id"), *token = sbp_jstr(d, "token");
+        const char *id = pu_jstr(d, "id"), *token = pu_jstr(d, "token");
         if (id && token) {
-            char *path = sbp_printf("/interactions/%s/%s/callback", id, token);
+            char *path = pu_printf("/interactions/%s/%s/callback", id, token);
             if (path)
                 rest(di, "POST", path,
                      deferred_response(json_integer_value(json_object_get(d, "type"))),
@@ -549,9 +546,10 @@ static void on_gateway_text(struct dc_instance *di, const unsigned char *data, s
         hb_stop(di);
         di->ack_pending = 0;
         di->hb_repeating = 0;
-        di->hb_timer = host->timer_start(
-            plugin_self, di->inst, (uint32_t)((double)di->hb_interval * (random() / (RAND_MAX + 1.0))),
-            0, on_heartbeat, di);
+        di->hb_timer =
+            host->timer_start(plugin_self, di->inst,
+                              (uint32_t)((double)di->hb_interval * (random() / (RAND_MAX + 1.0))),
+                              0, on_heartbeat, di);
         identify_or_resume(di);
         break;
     case 11: /* Heartbeat ACK */
@@ -566,8 +564,8 @@ static void on_gateway_text(struct dc_instance *di, const unsigned char *data, s
             di->seq = json_integer_value(s);
             save_seq(di);
         }
-        if (sbp_jstr(m, "t"))
-            on_dispatch(di, sbp_jstr(m, "t"), d);
+        if (pu_jstr(m, "t"))
+            on_dispatch(di, pu_jstr(m, "t"), d);
         break;
     case 7: /* Reconnect */
         gw_restart(di, 4000, 0, "reconnect requested");
@@ -615,7 +613,7 @@ static void on_gateway(void *arg, enum sb_ws_event ev, const unsigned char *data
             forget_session(di);
         host->set_state(di->inst, SB_STATE_DISCONNECTED, "gateway connection lost");
         di->reconnects++;
-        schedule_connect(di, sbp_backoff_ms(di->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS));
+        schedule_connect(di, pu_backoff_ms(di->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS));
         if (di->attempt < 16)
             di->attempt++;
         break;
@@ -625,9 +623,9 @@ static void on_gateway(void *arg, enum sb_ws_event ev, const unsigned char *data
 static char *gateway_target(const char *base)
 {
     if (strchr(base, '?'))
-        return sbp_strdup(base);
+        return pu_strdup(base);
     size_t n = strlen(base);
-    return sbp_printf("%s%s?v=10&encoding=json", base, n && base[n - 1] == '/' ? "" : "/");
+    return pu_printf("%s%s?v=10&encoding=json", base, n && base[n - 1] == '/' ? "" : "/");
 }
 
 static void load_session(struct dc_instance *di)
@@ -670,7 +668,7 @@ static void gw_connect(void *arg)
         host->log(plugin_self, di->inst, SB_LOG_WARN, "gateway: cannot connect (bad URL?)");
         if (resume)
             forget_session(di); /* a bad resume URL must not stop us for good */
-        schedule_connect(di, sbp_backoff_ms(di->attempt++, BACKOFF_BASE_MS, BACKOFF_CAP_MS));
+        schedule_connect(di, pu_backoff_ms(di->attempt++, BACKOFF_BASE_MS, BACKOFF_CAP_MS));
         return;
     }
     host->set_state(di->inst, SB_STATE_CONNECTING, resume ? "gateway: resuming" : "gateway");
@@ -712,8 +710,8 @@ static void finish(struct dc_send *s, const sb_send_result *res)
     send_free(s);
 }
 
-static void finish_fail(struct dc_send *s, int retryable, uint32_t retry_after_ms,
-                        const char *code, const char *message)
+static void finish_fail(struct dc_send *s, int retryable, uint32_t retry_after_ms, const char *code,
+                        const char *message)
 {
     sb_send_result res = {.ok = 0,
                           .retryable = retryable,
@@ -743,7 +741,7 @@ static void on_bucket_timer(void *arg)
 
 static long long header_num(const sb_http_response *resp, const char *name, int *found)
 {
-    const char *v = sbp_resp_header(resp, name);
+    const char *v = pu_resp_header(resp, name);
     *found = v != NULL;
     return v ? strtoll(v, NULL, 10) : 0;
 }
@@ -760,8 +758,8 @@ static void on_send_answer(void *arg, const sb_http_response *resp)
     int has_rem = 0, has_lim = 0;
     long long rem = header_num(resp, "X-RateLimit-Remaining", &has_rem);
     long long lim = header_num(resp, "X-RateLimit-Limit", &has_lim);
-    const char *reset_after = sbp_resp_header(resp, "X-RateLimit-Reset-After");
-    const char *hash = sbp_resp_header(resp, "X-RateLimit-Bucket");
+    const char *reset_after = pu_resp_header(resp, "X-RateLimit-Reset-After");
+    const char *hash = pu_resp_header(resp, "X-RateLimit-Bucket");
     if (hash)
         snprintf(b->hash, sizeof(b->hash), "%s", hash);
     if (has_rem && reset_after) {
@@ -784,10 +782,10 @@ static void on_send_answer(void *arg, const sb_http_response *resp)
         finish_fail(s, 1, 0, "transport", resp->error ? resp->error : "no answer");
     } else if (resp->status == 429) {
         double secs = json_number_value(json_object_get(body, "retry_after"));
-        uint32_t ms = sbp_seconds_to_ms(secs);
+        uint32_t ms = pu_secs_to_ms(secs);
         if (!ms)
-            ms = sbp_retry_after_header_ms(resp);
-        const char *g = sbp_resp_header(resp, "X-RateLimit-Global");
+            ms = pu_retry_after_header(resp);
+        const char *g = pu_resp_header(resp, "X-RateLimit-Global");
         int global = json_is_true(json_object_get(body, "global")) || (g && !strcasecmp(g, "true"));
         di->rate_limited++;
         if (global) {
@@ -801,17 +799,17 @@ static void on_send_answer(void *arg, const sb_http_response *resp)
                  global ? "global" : "bucket", (unsigned)ms);
         finish_fail(s, 1, ms, "rate_limited", msg);
     } else if (resp->status >= 200 && resp->status < 300) {
-        sb_send_result res = {.ok = 1, .provider_msg_id = sbp_jstr(body, "id")};
+        sb_send_result res = {.ok = 1, .provider_msg_id = pu_jstr(body, "id")};
         finish(s, &res);
     } else {
-        const char *m = sbp_jstr(body, "message");
+        const char *m = pu_jstr(body, "message");
         json_t *c = json_object_get(body, "code");
         if (json_is_integer(c))
             snprintf(code, sizeof(code), "discord_%" JSON_INTEGER_FORMAT, json_integer_value(c));
         else
             snprintf(code, sizeof(code), "http_%d", resp->status);
         snprintf(msg, sizeof(msg), "%s", m ? m : "Discord refused the message");
-        finish_fail(s, resp->status >= 500, sbp_retry_after_header_ms(resp), code, msg);
+        finish_fail(s, resp->status >= 500, pu_retry_after_header(resp), code, msg);
     }
     json_decref(body);
     pump(b);
@@ -882,19 +880,22 @@ static void pump(struct dc_bucket *b)
 static json_t *render(const json_t *m)
 {
     const json_t *opts = json_object_get(m, "provider_options");
-    const char *text = sbp_jstr(m, "text");
-    const char *reply_to = sbp_jstr(m, "reply_to");
+    const char *text = pu_jstr(m, "text");
+    const char *reply_to = pu_jstr(m, "reply_to");
     const json_t *buttons = json_object_get(m, "buttons");
     const json_t *media = json_object_get(m, "media");
-    const char *murl = sbp_jstr(media, "url");
-    const char *mime = sbp_jstr(media, "mime_type");
-    const char *caption = sbp_jstr(media, "caption");
+    const char *murl = pu_jstr(media, "url");
+    const char *mime = pu_jstr(media, "mime_type");
+    const char *caption = pu_jstr(media, "caption");
     json_t *body = json_object();
     char *content = NULL;
     int image = murl && (!mime || !strncmp(mime, "image/", 6));
     if (murl && !image)
-        content = sbp_printf("%s%s%s", text ? text : caption ? caption : "",
-                             text || caption ? "\n" : "", murl);
+        content = pu_printf("%s%s%s",
+                            text      ? text
+                            : caption ? caption
+                                      : "",
+                            text || caption ? "\n" : "", murl);
     const char *c = content ? content : text ? text : caption;
     if (c && *c)
         json_object_set_new(body, "content", json_string(c));
@@ -920,14 +921,15 @@ static json_t *render(const json_t *m)
                 json_array_append_new(rows, json_pack("{s:i,s:o}", "type", 1, "components", row));
             }
             json_array_append_new(row, json_pack("{s:i,s:i,s:s?,s:s?}", "type", 2, "style", 1,
-                                                 "label", sbp_jstr(btn, "title"), "custom_id",
-                                                 sbp_jstr(btn, "id")));
+                                                 "label", pu_jstr(btn, "title"), "custom_id",
+                                                 pu_jstr(btn, "id")));
         }
         json_object_set_new(body, "components", rows);
     }
     if (reply_to)
-        json_object_set_new(body, "message_reference",
-                            json_pack("{s:s,s:b}", "message_id", reply_to, "fail_if_not_exists", 0));
+        json_object_set_new(
+            body, "message_reference",
+            json_pack("{s:s,s:b}", "message_id", reply_to, "fail_if_not_exists", 0));
     if (json_is_object(json_object_get(opts, "allowed_mentions")))
         json_object_set(body, "allowed_mentions", json_object_get(opts, "allowed_mentions"));
     return body;
@@ -937,18 +939,18 @@ static int dc_send(sb_instance *inst, void *state, const json_t *message, sb_sen
                    void *done_arg)
 {
     struct dc_instance *di = state;
-    const char *channel = sbp_jstr(message, "thread") ? sbp_jstr(message, "thread")
-                                                       : sbp_jstr(message, "to");
+    const char *channel =
+        pu_jstr(message, "thread") ? pu_jstr(message, "thread") : pu_jstr(message, "to");
     if (!channel || !*channel || strspn(channel, "0123456789") != strlen(channel))
         return -1; /* Discord ids are snowflakes */
     json_t *body = render(message);
     struct dc_send *s = calloc(1, sizeof(*s));
-    char *key = sbp_printf("channels/%s/messages", channel);
+    char *key = pu_printf("channels/%s/messages", channel);
     struct dc_bucket *b = key ? bucket_for(di, key) : NULL;
     free(key);
     if (s && body) {
         s->body = json_dumps(body, JSON_COMPACT);
-        s->url = sbp_printf("/channels/%s/messages", channel);
+        s->url = pu_printf("/channels/%s/messages", channel);
     }
     json_decref(body);
     if (!s || !b || !s->body || !s->url) {
@@ -985,7 +987,7 @@ static void instance_free(struct dc_instance *di)
 
 static char *trimmed_base(const char *v, const char *dflt)
 {
-    char *s = sbp_strdup(v && *v ? v : dflt);
+    char *s = pu_strdup(v && *v ? v : dflt);
     size_t n = s ? strlen(s) : 0;
     while (n > 1 && s[n - 1] == '/')
         s[--n] = 0;
@@ -994,8 +996,8 @@ static char *trimmed_base(const char *v, const char *dflt)
 
 static int dc_instance_start(sb_instance *inst, const json_t *settings, void **state)
 {
-    const char *token = sbp_jstr(settings, "bot_token");
-    const char *pk = sbp_jstr(settings, "public_key");
+    const char *token = pu_jstr(settings, "bot_token");
+    const char *pk = pu_jstr(settings, "public_key");
     if (!token || !*token) {
         host->set_state(inst, SB_STATE_ERROR, "settings.bot_token is required");
         return -1;
@@ -1007,11 +1009,11 @@ static int dc_instance_start(sb_instance *inst, const json_t *settings, void **s
     }
     di->inst = inst;
     di->seq = -1;
-    di->token = sbp_strdup(token);
-    di->auth = sbp_printf("Bot %s", token);
-    di->app_id = sbp_strdup(sbp_jstr(settings, "application_id"));
-    di->api_base = trimmed_base(sbp_jstr(settings, "api_base"), "https://discord.com/api/v10");
-    di->gateway_url = trimmed_base(sbp_jstr(settings, "gateway_url"), "wss://gateway.discord.gg");
+    di->token = pu_strdup(token);
+    di->auth = pu_printf("Bot %s", token);
+    di->app_id = pu_strdup(pu_jstr(settings, "application_id"));
+    di->api_base = trimmed_base(pu_jstr(settings, "api_base"), "https://discord.com/api/v10");
+    di->gateway_url = trimmed_base(pu_jstr(settings, "gateway_url"), "wss://gateway.discord.gg");
     json_t *intents = json_object_get(settings, "intents");
     di->intents = json_is_integer(intents) ? json_integer_value(intents) : DEFAULT_INTENTS;
     if (!json_is_false(json_object_get(settings, "message_content")))
@@ -1026,7 +1028,7 @@ static int dc_instance_start(sb_instance *inst, const json_t *settings, void **s
     }
     if (pk) {
         unsigned char raw[32];
-        if (sbp_unhex(pk, raw, sizeof(raw)) < 0 ||
+        if (pu_unhex(pk, raw, sizeof(raw)) < 0 ||
             !(di->pubkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, raw, sizeof(raw)))) {
             instance_free(di);
             host->set_state(inst, SB_STATE_ERROR, "settings.public_key is not an Ed25519 key");
@@ -1089,10 +1091,9 @@ static json_t *dc_status(sb_instance *inst, void *state)
     const struct dc_instance *di = state;
     json_t *buckets = json_array();
     for (const struct dc_bucket *b = di->buckets; b; b = b->next)
-        json_array_append_new(buckets,
-                              json_pack("{s:s,s:s,s:i,s:i,s:i}", "route", b->key, "bucket",
-                                        b->hash, "limit", b->limit, "remaining", b->remaining,
-                                        "inflight", b->inflight));
+        json_array_append_new(buckets, json_pack("{s:s,s:s,s:i,s:i,s:i}", "route", b->key, "bucket",
+                                                 b->hash, "limit", b->limit, "remaining",
+                                                 b->remaining, "inflight", b->inflight));
     return json_pack("{s:I,s:I,s:I,s:I,s:I,s:o,s:{s:b,s:b,s:s?,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
                      "sent", (json_int_t)di->sent, "failed", (json_int_t)di->failed, "events",
                      (json_int_t)di->events, "refused", (json_int_t)di->refused, "rate_limited",
@@ -1128,7 +1129,6 @@ SWITCHBOARD_PLUGIN_INIT(.name = "discord", .version = DISCORD_VERSION,
                         .description = "Discord: REST, Gateway and interactions endpoint",
                         .capabilities = SB_CAP_MEDIA | SB_CAP_BUTTONS | SB_CAP_THREADS |
                                         SB_CAP_WEBHOOK,
-                        .settings_schema = DISCORD_SCHEMA, .init = dc_init,
-                        .shutdown = dc_shutdown, .instance_start = dc_instance_start,
-                        .instance_stop = dc_instance_stop, .send = dc_send,
-                        .webhook = dc_webhook, .status = dc_status)
+                        .settings_schema = DISCORD_SCHEMA, .init = dc_init, .shutdown = dc_shutdown,
+                        .instance_start = dc_instance_start, .instance_stop = dc_instance_stop,
+                        .send = dc_send, .webhook = dc_webhook, .status = dc_status)

@@ -42,7 +42,7 @@
 
 #include <switchboard/switchboard.h>
 
-#include "../common/sbputil.h"
+#include "../common/plugutil.h"
 
 #define SLACK_VERSION "1.0.0"
 #define SEND_TIMEOUT_MS 10000
@@ -105,8 +105,8 @@ static sb_plugin *plugin_self;
 /* 1 when the request carries a fresh, good v0 signature; else 0 with why set. */
 static int verify(const struct sl_instance *si, const sb_http_request *req, const char **why)
 {
-    const char *ts = sbp_req_header(req, "X-Slack-Request-Timestamp");
-    const char *sig = sbp_req_header(req, "X-Slack-Signature");
+    const char *ts = pu_req_header(req, "X-Slack-Request-Timestamp");
+    const char *sig = pu_req_header(req, "X-Slack-Signature");
     if (!si->signing_secret) {
         *why = "no signing_secret is configured";
         return 0;
@@ -143,7 +143,7 @@ static int verify(const struct sl_instance *si, const sb_http_request *req, cons
     free(base);
     char want[3 + 2 * EVP_MAX_MD_SIZE + 1];
     memcpy(want, "v0=", 3);
-    sbp_hex(mac, mac_len, want + 3);
+    pu_hex(mac, mac_len, want + 3);
     if (!ok || strlen(sig) != strlen(want) || CRYPTO_memcmp(sig, want, strlen(want)) != 0) {
         *why = "bad X-Slack-Signature";
         return 0;
@@ -165,27 +165,27 @@ static void set_str(json_t *obj, const char *key, const char *value)
 static int handle_event_callback(struct sl_instance *si, const json_t *body)
 {
     const json_t *ev = json_object_get(body, "event");
-    const char *etype = sbp_jstr(ev, "type");
-    const char *event_id = sbp_jstr(body, "event_id");
+    const char *etype = pu_jstr(ev, "type");
+    const char *event_id = pu_jstr(body, "event_id");
     if (!json_is_object(ev) || !etype)
         return 0;
     if (strcmp(etype, "message") != 0)
         return 0; /* other event types are not ours to relay (yet) */
     /* Bots (ourselves included) and edits, deletions, joins... are not messages
      * someone sent us: see the message event's subtypes. */
-    const char *subtype = sbp_jstr(ev, "subtype");
+    const char *subtype = pu_jstr(ev, "subtype");
     if (json_object_get(ev, "bot_id") || json_object_get(ev, "bot_profile") ||
         (subtype && strcmp(subtype, "file_share") && strcmp(subtype, "thread_broadcast")))
         return 0;
     json_t *p = json_object();
     set_str(p, "event_id", event_id);
-    set_str(p, "message_id", sbp_jstr(ev, "ts"));
-    set_str(p, "from", sbp_jstr(ev, "user"));
-    set_str(p, "chat", sbp_jstr(ev, "channel"));
-    set_str(p, "text", sbp_jstr(ev, "text") ? sbp_jstr(ev, "text") : "");
-    set_str(p, "thread", sbp_jstr(ev, "thread_ts"));
-    set_str(p, "team", sbp_jstr(body, "team_id"));
-    set_str(p, "channel_type", sbp_jstr(ev, "channel_type"));
+    set_str(p, "message_id", pu_jstr(ev, "ts"));
+    set_str(p, "from", pu_jstr(ev, "user"));
+    set_str(p, "chat", pu_jstr(ev, "channel"));
+    set_str(p, "text", pu_jstr(ev, "text") ? pu_jstr(ev, "text") : "");
+    set_str(p, "thread", pu_jstr(ev, "thread_ts"));
+    set_str(p, "team", pu_jstr(body, "team_id"));
+    set_str(p, "channel_type", pu_jstr(ev, "channel_type"));
     if (json_object_get(ev, "files"))
         json_object_set(p, "files", json_object_get(ev, "files"));
     if (host->emit_event(si->inst, "message.received", p) != SB_OK)
@@ -197,19 +197,19 @@ static int handle_event_callback(struct sl_instance *si, const json_t *body)
 /* A slash command (the form's fields, or Socket Mode's payload object). */
 static int handle_command(struct sl_instance *si, const json_t *f, const char *fallback_id)
 {
-    const char *trigger = sbp_jstr(f, "trigger_id");
-    char *eid = sbp_printf("command:%s", trigger ? trigger : fallback_id ? fallback_id : "");
+    const char *trigger = pu_jstr(f, "trigger_id");
+    char *eid = pu_printf("command:%s", trigger ? trigger : fallback_id ? fallback_id : "");
     json_t *p = json_object();
     set_str(p, "event_id", trigger || fallback_id ? eid : NULL);
     free(eid);
     set_str(p, "kind", "command");
-    set_str(p, "command", sbp_jstr(f, "command"));
-    set_str(p, "text", sbp_jstr(f, "text") ? sbp_jstr(f, "text") : "");
-    set_str(p, "from", sbp_jstr(f, "user_id"));
-    set_str(p, "chat", sbp_jstr(f, "channel_id"));
-    set_str(p, "team", sbp_jstr(f, "team_id"));
+    set_str(p, "command", pu_jstr(f, "command"));
+    set_str(p, "text", pu_jstr(f, "text") ? pu_jstr(f, "text") : "");
+    set_str(p, "from", pu_jstr(f, "user_id"));
+    set_str(p, "chat", pu_jstr(f, "channel_id"));
+    set_str(p, "team", pu_jstr(f, "team_id"));
     set_str(p, "trigger_id", trigger);
-    set_str(p, "response_url", sbp_jstr(f, "response_url"));
+    set_str(p, "response_url", pu_jstr(f, "response_url"));
     if (host->emit_event(si->inst, "interaction", p) != SB_OK)
         return -1;
     si->events++;
@@ -219,29 +219,29 @@ static int handle_command(struct sl_instance *si, const json_t *f, const char *f
 /* An interactive payload (block_actions, view_submission, shortcut...). */
 static int handle_interactive(struct sl_instance *si, const json_t *pl, const char *fallback_id)
 {
-    const char *type = sbp_jstr(pl, "type");
-    const char *trigger = sbp_jstr(pl, "trigger_id");
+    const char *type = pu_jstr(pl, "type");
+    const char *trigger = pu_jstr(pl, "trigger_id");
     const json_t *actions = json_object_get(pl, "actions");
     const json_t *a0 = json_array_get(actions, 0);
-    const char *action_ts = sbp_jstr(a0, "action_ts");
+    const char *action_ts = pu_jstr(a0, "action_ts");
     char *eid = NULL;
     if (trigger)
-        eid = sbp_printf("interactive:%s", trigger);
+        eid = pu_printf("interactive:%s", trigger);
     else if (action_ts || fallback_id)
-        eid = sbp_printf("interactive:%s", action_ts ? action_ts : fallback_id);
+        eid = pu_printf("interactive:%s", action_ts ? action_ts : fallback_id);
     json_t *p = json_object();
     set_str(p, "event_id", eid);
     free(eid);
     set_str(p, "kind", type && !strcmp(type, "block_actions") ? "button" : type);
     set_str(p, "type", type);
-    set_str(p, "from", sbp_jstr(json_object_get(pl, "user"), "id"));
-    set_str(p, "chat", sbp_jstr(json_object_get(pl, "channel"), "id"));
-    set_str(p, "team", sbp_jstr(json_object_get(pl, "team"), "id"));
-    set_str(p, "message_id", sbp_jstr(json_object_get(pl, "message"), "ts"));
-    set_str(p, "button_id", sbp_jstr(a0, "action_id"));
-    set_str(p, "value", sbp_jstr(a0, "value"));
+    set_str(p, "from", pu_jstr(json_object_get(pl, "user"), "id"));
+    set_str(p, "chat", pu_jstr(json_object_get(pl, "channel"), "id"));
+    set_str(p, "team", pu_jstr(json_object_get(pl, "team"), "id"));
+    set_str(p, "message_id", pu_jstr(json_object_get(pl, "message"), "ts"));
+    set_str(p, "button_id", pu_jstr(a0, "action_id"));
+    set_str(p, "value", pu_jstr(a0, "value"));
     set_str(p, "trigger_id", trigger);
-    set_str(p, "response_url", sbp_jstr(pl, "response_url"));
+    set_str(p, "response_url", pu_jstr(pl, "response_url"));
     if (actions)
         json_object_set(p, "actions", (json_t *)actions);
     if (json_object_get(pl, "view"))
@@ -260,36 +260,35 @@ static void refuse(struct sl_instance *si, sb_reply *reply, int status, const ch
     si->refused++;
     host->metric_add(plugin_self, si->inst, "requests_refused", 1);
     host->log(plugin_self, si->inst, SB_LOG_WARN, "request refused: %s", why);
-    sbp_reply_error(host, reply, status, code, why);
+    pu_reply_error(host, reply, status, code, why);
 }
 
 static void unavailable(sb_reply *reply)
 {
     host->reply_header(reply, "Retry-After", "1");
-    sbp_reply_error(host, reply, 503, "event_rejected", "the host did not accept the event");
+    pu_reply_error(host, reply, 503, "event_rejected", "the host did not accept the event");
 }
 
-static void sl_webhook(sb_instance *inst, void *state, const sb_http_request *req,
-                       sb_reply *reply)
+static void sl_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_reply *reply)
 {
     struct sl_instance *si = state;
     const char *why = NULL;
     if (!req->method || strcmp(req->method, "POST") != 0) {
         host->reply_header(reply, "Allow", "POST");
-        sbp_reply_error(host, reply, 405, "method_not_allowed", "only POST is accepted");
+        pu_reply_error(host, reply, 405, "method_not_allowed", "only POST is accepted");
         return;
     }
     if (!verify(si, req, &why)) {
         refuse(si, reply, 401, "bad_signature", why);
         return;
     }
-    const char *ctype = sbp_req_header(req, "Content-Type");
+    const char *ctype = pu_req_header(req, "Content-Type");
     int rc = 0;
     if (ctype && !strncasecmp(ctype, "application/x-www-form-urlencoded", 33)) {
-        json_t *form = sbp_form_decode(req->body, req->body_len);
-        const char *payload = sbp_jstr(form, "payload");
+        json_t *form = pu_form_decode(req->body, req->body_len);
+        const char *payload = pu_jstr(form, "payload");
         if (!form) {
-            sbp_reply_error(host, reply, 400, "bad_form", "the form body is malformed");
+            pu_reply_error(host, reply, 400, "bad_form", "the form body is malformed");
             return;
         }
         if (payload) {
@@ -297,17 +296,17 @@ static void sl_webhook(sb_instance *inst, void *state, const sb_http_request *re
             if (!json_is_object(pl)) {
                 json_decref(pl);
                 json_decref(form);
-                sbp_reply_error(host, reply, 400, "bad_payload", "payload is not a JSON object");
+                pu_reply_error(host, reply, 400, "bad_payload", "payload is not a JSON object");
                 return;
             }
             rc = handle_interactive(si, pl, NULL);
             json_decref(pl);
-        } else if (sbp_jstr(form, "command")) {
+        } else if (pu_jstr(form, "command")) {
             rc = handle_command(si, form, NULL);
         } else {
             json_decref(form);
-            sbp_reply_error(host, reply, 400, "unknown_request",
-                            "neither a slash command nor an interactive payload");
+            pu_reply_error(host, reply, 400, "unknown_request",
+                           "neither a slash command nor an interactive payload");
             return;
         }
         json_decref(form);
@@ -317,18 +316,18 @@ static void sl_webhook(sb_instance *inst, void *state, const sb_http_request *re
             host->reply(reply, 200, "text/plain", "", 0); /* acknowledged, nothing posted */
         return;
     }
-    json_t *body = req->body_len ? json_loadb((const char *)req->body, req->body_len, 0, NULL)
-                                 : NULL;
-    const char *type = sbp_jstr(body, "type");
+    json_t *body =
+        req->body_len ? json_loadb((const char *)req->body, req->body_len, 0, NULL) : NULL;
+    const char *type = pu_jstr(body, "type");
     if (!json_is_object(body) || !type) {
         json_decref(body);
-        sbp_reply_error(host, reply, 400, "bad_body", "the body is not an Events API request");
+        pu_reply_error(host, reply, 400, "bad_body", "the body is not an Events API request");
         return;
     }
     if (!strcmp(type, "url_verification")) {
-        json_t *ans = json_pack("{s:s?}", "challenge", sbp_jstr(body, "challenge"));
+        json_t *ans = json_pack("{s:s?}", "challenge", pu_jstr(body, "challenge"));
         char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
-        sbp_reply_json(host, reply, 200, text ? text : "{}");
+        pu_reply_json(host, reply, 200, text ? text : "{}");
         free(text);
         json_decref(ans);
         json_decref(body);
@@ -340,7 +339,7 @@ static void sl_webhook(sb_instance *inst, void *state, const sb_http_request *re
     if (rc < 0)
         unavailable(reply);
     else
-        sbp_reply_json(host, reply, 200, "{\"ok\":true}");
+        pu_reply_json(host, reply, 200, "{\"ok\":true}");
 }
 
 /* ---- Socket Mode ---- */
@@ -358,7 +357,7 @@ static void schedule_reconnect(struct sl_instance *si)
 {
     if (si->retry_timer || si->open_call)
         return;
-    uint32_t ms = sbp_backoff_ms(si->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS);
+    uint32_t ms = pu_backoff_ms(si->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS);
     if (si->attempt < 16)
         si->attempt++;
     si->reconnects++;
@@ -386,8 +385,8 @@ static void on_socket_text(struct sl_conn *c, const unsigned char *data, size_t 
 {
     struct sl_instance *si = c->owner;
     json_t *m = json_loadb((const char *)data, len, 0, NULL);
-    const char *type = sbp_jstr(m, "type");
-    const char *envelope_id = sbp_jstr(m, "envelope_id");
+    const char *type = pu_jstr(m, "type");
+    const char *envelope_id = pu_jstr(m, "envelope_id");
     if (!json_is_object(m) || !type) {
         json_decref(m);
         return;
@@ -402,7 +401,7 @@ static void on_socket_text(struct sl_conn *c, const unsigned char *data, size_t 
             si->old = NULL;
         }
     } else if (!strcmp(type, "disconnect")) {
-        const char *reason = sbp_jstr(m, "reason");
+        const char *reason = pu_jstr(m, "reason");
         host->log(plugin_self, si->inst, SB_LOG_INFO, "socket mode: disconnect (%s)",
                   reason ? reason : "no reason");
         if (reason && !strcmp(reason, "link_disabled")) {
@@ -417,7 +416,7 @@ static void on_socket_text(struct sl_conn *c, const unsigned char *data, size_t 
         const json_t *pl = json_object_get(m, "payload");
         int rc = 0;
         if (!strcmp(type, "events_api")) {
-            if (!strcmp(sbp_jstr(pl, "type") ? sbp_jstr(pl, "type") : "", "event_callback"))
+            if (!strcmp(pu_jstr(pl, "type") ? pu_jstr(pl, "type") : "", "event_callback"))
                 rc = handle_event_callback(si, pl);
         } else if (!strcmp(type, "slash_commands")) {
             rc = handle_command(si, pl, envelope_id);
@@ -431,8 +430,7 @@ static void on_socket_text(struct sl_conn *c, const unsigned char *data, size_t 
     json_decref(m);
 }
 
-static void on_ws(void *arg, enum sb_ws_event ev, const unsigned char *data, size_t len,
-                  int code)
+static void on_ws(void *arg, enum sb_ws_event ev, const unsigned char *data, size_t len, int code)
 {
     struct sl_conn *c = arg;
     struct sl_instance *si = c->owner;
@@ -466,13 +464,15 @@ static void on_open_answer(void *arg, const sb_http_response *resp)
     si->open_call = NULL;
     json_t *body =
         resp->body_len ? json_loadb((const char *)resp->body, resp->body_len, 0, NULL) : NULL;
-    const char *url = sbp_jstr(body, "url");
+    const char *url = pu_jstr(body, "url");
     int ok = resp->status == 200 && json_is_true(json_object_get(body, "ok")) && url;
     if (!ok) {
-        const char *err = sbp_jstr(body, "error");
+        const char *err = pu_jstr(body, "error");
         char detail[160];
         snprintf(detail, sizeof(detail), "apps.connections.open failed: %s",
-                 err ? err : resp->status ? "unexpected answer" : resp->error);
+                 err            ? err
+                 : resp->status ? "unexpected answer"
+                                : resp->error);
         host->log(plugin_self, si->inst, SB_LOG_WARN, "%s (HTTP %d)", detail, resp->status);
         if (!si->old)
             host->set_state(si->inst, SB_STATE_ERROR, detail);
@@ -499,15 +499,15 @@ static void start_open(struct sl_instance *si)
 {
     if (si->open_call || si->conn)
         return;
-    char *url = sbp_printf("%s/apps.connections.open", si->api_base);
+    char *url = pu_printf("%s/apps.connections.open", si->api_base);
     sb_header h[] = {{"Authorization", si->app_auth},
                      {"Content-Type", "application/x-www-form-urlencoded"}};
-    sb_http_request req = {.method = "POST", .url = url, .headers = h, .n_headers = 2,
-                           .timeout_ms = SEND_TIMEOUT_MS};
+    sb_http_request req = {
+        .method = "POST", .url = url, .headers = h, .n_headers = 2, .timeout_ms = SEND_TIMEOUT_MS};
     if (!si->old)
         host->set_state(si->inst, SB_STATE_CONNECTING, "socket mode");
-    si->open_call = url ? host->http_request(plugin_self, si->inst, &req, on_open_answer, si)
-                        : NULL;
+    si->open_call =
+        url ? host->http_request(plugin_self, si->inst, &req, on_open_answer, si) : NULL;
     free(url);
     if (!si->open_call)
         schedule_reconnect(si);
@@ -524,8 +524,8 @@ static void send_unlink(struct sl_send *s)
         *link = s->next;
 }
 
-static void finish_fail(struct sl_send *s, int retryable, uint32_t retry_after_ms,
-                        const char *code, const char *message)
+static void finish_fail(struct sl_send *s, int retryable, uint32_t retry_after_ms, const char *code,
+                        const char *message)
 {
     sb_send_result res = {.ok = 0,
                           .retryable = retryable,
@@ -539,8 +539,8 @@ static void finish_fail(struct sl_send *s, int retryable, uint32_t retry_after_m
 /* Slack's error codes that say "later", not "never". */
 static int transient_error(const char *e)
 {
-    static const char *const list[] = {"ratelimited", "rate_limited", "internal_error",
-                                       "fatal_error", "service_unavailable", "request_timeout",
+    static const char *const list[] = {"ratelimited",      "rate_limited",        "internal_error",
+                                       "fatal_error",      "service_unavailable", "request_timeout",
                                        "team_added_to_org"};
     for (size_t i = 0; i < sizeof(list) / sizeof(list[0]); i++)
         if (!strcmp(e, list[i]))
@@ -558,23 +558,23 @@ static void on_send_answer(void *arg, const sb_http_response *resp)
     if (resp->status == 0) {
         finish_fail(s, 1, 0, "transport", resp->error ? resp->error : "no answer");
     } else if (resp->status == 429) {
-        finish_fail(s, 1, sbp_retry_after_header_ms(resp), "ratelimited",
+        finish_fail(s, 1, pu_retry_after_header(resp), "ratelimited",
                     "Slack answered 429 Too Many Requests");
     } else if (resp->status >= 500) {
         snprintf(code, sizeof(code), "http_%d", resp->status);
-        finish_fail(s, 1, sbp_retry_after_header_ms(resp), code, "Slack answered a server error");
+        finish_fail(s, 1, pu_retry_after_header(resp), code, "Slack answered a server error");
     } else if (resp->status == 200 && json_is_true(json_object_get(body, "ok"))) {
-        sb_send_result res = {.ok = 1, .provider_msg_id = sbp_jstr(body, "ts")};
+        sb_send_result res = {.ok = 1, .provider_msg_id = pu_jstr(body, "ts")};
         s->owner->sent++;
         s->done(s->done_arg, &res);
     } else {
-        const char *err = sbp_jstr(body, "error");
+        const char *err = pu_jstr(body, "error");
         if (!err) {
             snprintf(code, sizeof(code), "http_%d", resp->status);
             finish_fail(s, 0, 0, code, "Slack's answer is not an API response");
         } else {
             snprintf(msg, sizeof(msg), "chat.postMessage: %s", err);
-            finish_fail(s, transient_error(err), sbp_retry_after_header_ms(resp), err, msg);
+            finish_fail(s, transient_error(err), pu_retry_after_header(resp), err, msg);
         }
     }
     json_decref(body);
@@ -584,21 +584,21 @@ static void on_send_answer(void *arg, const sb_http_response *resp)
 /* The chat.postMessage body for a neutral message (new reference). */
 static json_t *render(const json_t *m)
 {
-    const char *text = sbp_jstr(m, "text");
-    const char *thread = sbp_jstr(m, "thread");
-    const char *reply_to = sbp_jstr(m, "reply_to");
+    const char *text = pu_jstr(m, "text");
+    const char *thread = pu_jstr(m, "thread");
+    const char *reply_to = pu_jstr(m, "reply_to");
     const json_t *buttons = json_object_get(m, "buttons");
     const json_t *media = json_object_get(m, "media");
-    const char *murl = sbp_jstr(media, "url");
-    const char *mime = sbp_jstr(media, "mime_type");
-    const char *caption = sbp_jstr(media, "caption");
+    const char *murl = pu_jstr(media, "url");
+    const char *mime = pu_jstr(media, "mime_type");
+    const char *caption = pu_jstr(media, "caption");
     int image = murl && ((mime && !strncmp(mime, "image/", 6)) || !mime);
     json_t *body = json_object();
-    set_str(body, "channel", sbp_jstr(m, "to"));
+    set_str(body, "channel", pu_jstr(m, "to"));
     char *full = NULL;
     if (murl && !image)
-        full = sbp_printf("%s%s<%s|%s>", text ? text : "", text && *text ? "\n" : "", murl,
-                          caption ? caption : murl);
+        full = pu_printf("%s%s<%s|%s>", text ? text : "", text && *text ? "\n" : "", murl,
+                         caption ? caption : murl);
     const char *t = full ? full : text ? text : caption ? caption : "";
     json_object_set_new(body, "text", json_string(t));
     if (thread || reply_to)
@@ -609,21 +609,20 @@ static json_t *render(const json_t *m)
             json_array_append_new(blocks, json_pack("{s:s,s:{s:s,s:s}}", "type", "section", "text",
                                                     "type", "mrkdwn", "text", t));
         if (murl && image)
-            json_array_append_new(blocks,
-                                  json_pack("{s:s,s:s,s:s}", "type", "image", "image_url", murl,
-                                            "alt_text", caption ? caption : "image"));
+            json_array_append_new(blocks, json_pack("{s:s,s:s,s:s}", "type", "image", "image_url",
+                                                    murl, "alt_text", caption ? caption : "image"));
         if (json_array_size(buttons)) {
             json_t *els = json_array();
             size_t i;
             json_t *b;
             json_array_foreach (buttons, i, b) {
-                const char *id = sbp_jstr(b, "id"), *title = sbp_jstr(b, "title");
+                const char *id = pu_jstr(b, "id"), *title = pu_jstr(b, "title");
                 if (!id || !title)
                     continue;
-                json_array_append_new(
-                    els, json_pack("{s:s,s:{s:s,s:s,s:b},s:s,s:s}", "type", "button", "text",
-                                   "type", "plain_text", "text", title, "emoji", 1, "action_id",
-                                   id, "value", id));
+                json_array_append_new(els,
+                                      json_pack("{s:s,s:{s:s,s:s,s:b},s:s,s:s}", "type", "button",
+                                                "text", "type", "plain_text", "text", title,
+                                                "emoji", 1, "action_id", id, "value", id));
             }
             json_array_append_new(blocks,
                                   json_pack("{s:s,s:o}", "type", "actions", "elements", els));
@@ -638,11 +637,11 @@ static int sl_send(sb_instance *inst, void *state, const json_t *message, sb_sen
                    void *done_arg)
 {
     struct sl_instance *si = state;
-    if (!sbp_jstr(message, "to"))
+    if (!pu_jstr(message, "to"))
         return -1;
     json_t *body = render(message);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    char *url = sbp_printf("%s/chat.postMessage", si->api_base);
+    char *url = pu_printf("%s/chat.postMessage", si->api_base);
     struct sl_send *s = calloc(1, sizeof(*s));
     json_decref(body);
     if (!text || !url || !s) {
@@ -689,11 +688,11 @@ static void instance_free(struct sl_instance *si)
 
 static int sl_instance_start(sb_instance *inst, const json_t *settings, void **state)
 {
-    const char *bot = sbp_jstr(settings, "bot_token");
-    const char *secret = sbp_jstr(settings, "signing_secret");
-    const char *app = sbp_jstr(settings, "app_token");
-    const char *mode = sbp_jstr(settings, "mode");
-    const char *base = sbp_jstr(settings, "api_base");
+    const char *bot = pu_jstr(settings, "bot_token");
+    const char *secret = pu_jstr(settings, "signing_secret");
+    const char *app = pu_jstr(settings, "app_token");
+    const char *mode = pu_jstr(settings, "mode");
+    const char *base = pu_jstr(settings, "api_base");
     if (!bot || !*bot) {
         host->set_state(inst, SB_STATE_ERROR, "settings.bot_token is required");
         return -1;
@@ -714,10 +713,10 @@ static int sl_instance_start(sb_instance *inst, const json_t *settings, void **s
     }
     si->inst = inst;
     si->socket_mode = socket;
-    si->bot_auth = sbp_printf("Bearer %s", bot);
-    si->signing_secret = sbp_strdup(secret && *secret ? secret : NULL);
-    si->app_auth = app && *app ? sbp_printf("Bearer %s", app) : NULL;
-    si->api_base = sbp_strdup(base && *base ? base : "https://slack.com/api");
+    si->bot_auth = pu_printf("Bearer %s", bot);
+    si->signing_secret = pu_strdup(secret && *secret ? secret : NULL);
+    si->app_auth = app && *app ? pu_printf("Bearer %s", app) : NULL;
+    si->api_base = pu_strdup(base && *base ? base : "https://slack.com/api");
     if (si->api_base) {
         size_t n = strlen(si->api_base);
         while (n > 1 && si->api_base[n - 1] == '/')
@@ -764,14 +763,13 @@ static json_t *sl_status(sb_instance *inst, void *state)
 {
     const struct sl_instance *si = state;
     json_t *st = json_pack("{s:s,s:I,s:I,s:I,s:I}", "mode", si->socket_mode ? "socket" : "http",
-                           "sent", (json_int_t)si->sent, "failed", (json_int_t)si->failed,
-                           "events", (json_int_t)si->events, "refused",
-                           (json_int_t)si->refused);
+                           "sent", (json_int_t)si->sent, "failed", (json_int_t)si->failed, "events",
+                           (json_int_t)si->events, "refused", (json_int_t)si->refused);
     if (st && si->socket_mode)
         json_object_set_new(st, "socket",
-                            json_pack("{s:b,s:I,s:I}", "connected",
-                                      si->conn && si->conn->hello, "acks", (json_int_t)si->acks,
-                                      "reconnects", (json_int_t)si->reconnects));
+                            json_pack("{s:b,s:I,s:I}", "connected", si->conn && si->conn->hello,
+                                      "acks", (json_int_t)si->acks, "reconnects",
+                                      (json_int_t)si->reconnects));
     return st;
 }
 
@@ -798,7 +796,6 @@ SWITCHBOARD_PLUGIN_INIT(.name = "slack", .version = SLACK_VERSION,
                         .description = "Slack: Web API, Events API over HTTP, Socket Mode",
                         .capabilities = SB_CAP_MEDIA | SB_CAP_BUTTONS | SB_CAP_THREADS |
                                         SB_CAP_WEBHOOK,
-                        .settings_schema = SLACK_SCHEMA, .init = sl_init,
-                        .shutdown = sl_shutdown, .instance_start = sl_instance_start,
-                        .instance_stop = sl_instance_stop, .send = sl_send,
-                        .webhook = sl_webhook, .status = sl_status)
+                        .settings_schema = SLACK_SCHEMA, .init = sl_init, .shutdown = sl_shutdown,
+                        .instance_start = sl_instance_start, .instance_stop = sl_instance_stop,
+                        .send = sl_send, .webhook = sl_webhook, .status = sl_status)
