@@ -2,6 +2,7 @@
 
 #include "events.h"
 #include "log.h"
+#include "outbox.h"
 #include "ratelimit.h"
 #include "respond.h"
 
@@ -226,14 +227,51 @@ static int rate_limited(struct sbh_call *call)
     return 1;
 }
 
+/* A provider's sending health: its instances' counts summed, the latest error. */
+static json_t *provider_health(const struct sbh_daemon *d, const json_t *instances)
+{
+    json_int_t sent = 0, failed = 0, retried = 0, open = 0, last_success = 0, last_failure = 0;
+    json_t *latest = NULL, *id;
+    size_t i;
+    json_array_foreach (instances, i, id) {
+        json_t *h = d->outbox ? sbh_outbox_instance_health(d->outbox, json_string_value(id)) : NULL;
+        const char *breaker = json_string_value(json_object_get(h, "breaker"));
+        sent += json_integer_value(json_object_get(h, "sent"));
+        failed += json_integer_value(json_object_get(h, "failed"));
+        retried += json_integer_value(json_object_get(h, "retried"));
+        open += breaker && strcmp(breaker, "closed") != 0;
+        if (json_integer_value(json_object_get(h, "last_success")) > last_success)
+            last_success = json_integer_value(json_object_get(h, "last_success"));
+        if (json_integer_value(json_object_get(h, "last_failure")) > last_failure) {
+            last_failure = json_integer_value(json_object_get(h, "last_failure"));
+            json_decref(latest);
+            latest = json_incref(h);
+        }
+        json_decref(h);
+    }
+    json_t *out = json_pack("{s:I, s:I, s:I, s:I}", "sent", sent, "failed", failed, "retried",
+                            retried, "breakers_open", open);
+    if (last_success)
+        json_object_set_new(out, "last_success", json_integer(last_success));
+    if (last_failure)
+        json_object_set_new(out, "last_failure", json_integer(last_failure));
+    if (json_object_get(latest, "last_error"))
+        json_object_set(out, "last_error", json_object_get(latest, "last_error"));
+    json_decref(latest);
+    return out;
+}
+
 static void serve_providers(struct sbh_call *call, enum evhttp_cmd_type method)
 {
     if (method != EVHTTP_REQ_GET) {
         sbh_call_error(call, 405, "method_not_allowed", NULL, "only GET");
         return;
     }
-    sbh_call_reply(call, 200,
-                   json_pack("{s:o}", "providers", sbh_registry_providers(call->d->reg)));
+    json_t *providers = sbh_registry_providers(call->d->reg), *p;
+    size_t i;
+    json_array_foreach (providers, i, p)
+        json_object_set_new(p, "health", provider_health(call->d, json_object_get(p, "instances")));
+    sbh_call_reply(call, 200, json_pack("{s:o}", "providers", providers));
 }
 
 /* Split "/v1/<resource>[/<id>[/<action>]]"; -1 when malformed. */

@@ -14,6 +14,7 @@ struct counter {
 struct family {
     char *name;
     char *help;
+    int histogram; /* series are name_bucket{le}, name_sum, name_count */
 };
 
 static struct counter *counters;
@@ -63,7 +64,7 @@ static struct counter *find(const char *name, const char *labels)
     return NULL;
 }
 
-static void remember_family(const char *name, const char *help)
+static void remember_family(const char *name, const char *help, int histogram)
 {
     for (size_t i = 0; i < n_families; i++)
         if (!strcmp(families[i].name, name))
@@ -74,11 +75,21 @@ static void remember_family(const char *name, const char *help)
     families = grown;
     families[n_families].name = strdup(name);
     families[n_families].help = strdup(help ? help : name);
+    families[n_families].histogram = histogram;
     n_families++;
 }
 
+static struct counter *series_get(const char *name, const char *labels, const char *family,
+                                  const char *help, int histogram);
+
 /* The counter name{labels}, created at 0 when new; NULL when out of memory. */
 static struct counter *counter_get(const char *name, const char *help, const char *labels)
+{
+    return series_get(name, labels, name, help, 0);
+}
+
+static struct counter *series_get(const char *name, const char *labels, const char *family,
+                                  const char *help, int histogram)
 {
     struct counter *c = find(name, labels);
     if (c)
@@ -91,7 +102,7 @@ static struct counter *counter_get(const char *name, const char *help, const cha
     c->name = strdup(name);
     c->labels = strdup(labels);
     c->value = 0;
-    remember_family(name, help);
+    remember_family(family, help, histogram);
     return c;
 }
 
@@ -132,13 +143,56 @@ void sbh_metrics_gauge(struct evbuffer *out, const char *name, const char *help,
                         value);
 }
 
+/* 1 when counter c belongs to family f (a histogram's three series do). */
+static int in_family(const struct counter *c, const struct family *f)
+{
+    size_t n = strlen(f->name);
+    if (!f->histogram)
+        return !strcmp(c->name, f->name);
+    return !strncmp(c->name, f->name, n) &&
+           (!strcmp(c->name + n, "_bucket") || !strcmp(c->name + n, "_sum") ||
+            !strcmp(c->name + n, "_count"));
+}
+
+static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+void sbh_metrics_observe(const char *name, const char *help, double value, ...)
+{
+    char labels[480], with_le[512], series[160];
+    va_list ap;
+    va_start(ap, value);
+    render_labels(labels, sizeof(labels), ap);
+    va_end(ap);
+    for (size_t i = 0; i <= sizeof(buckets) / sizeof(buckets[0]); i++) {
+        int inf = i == sizeof(buckets) / sizeof(buckets[0]);
+        char le[32];
+        snprintf(le, sizeof(le), inf ? "+Inf" : "%g", inf ? 0.0 : buckets[i]);
+        if (snprintf(with_le, sizeof(with_le), "%s%sle=\"%s\"", labels, labels[0] ? "," : "",
+                     le) >= (int)sizeof(with_le))
+            return;
+        snprintf(series, sizeof(series), "%s_bucket", name);
+        struct counter *c = series_get(series, with_le, name, help, 1);
+        if (c && (inf || value <= buckets[i]))
+            c->value += 1;
+    }
+    snprintf(series, sizeof(series), "%s_sum", name);
+    struct counter *sum = series_get(series, labels, name, help, 1);
+    if (sum)
+        sum->value += value;
+    snprintf(series, sizeof(series), "%s_count", name);
+    struct counter *count = series_get(series, labels, name, help, 1);
+    if (count)
+        count->value += 1;
+}
+
 void sbh_metrics_render(struct evbuffer *out)
 {
     for (size_t f = 0; f < n_families; f++) {
-        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", families[f].name,
-                            families[f].help, families[f].name);
+        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name,
+                            families[f].help, families[f].name,
+                            families[f].histogram ? "histogram" : "counter");
         for (size_t i = 0; i < n_counters; i++) {
-            if (strcmp(counters[i].name, families[f].name) != 0)
+            if (!in_family(&counters[i], &families[f]))
                 continue;
             if (counters[i].labels[0])
                 evbuffer_add_printf(out, "%s{%s} %.17g\n", counters[i].name, counters[i].labels,

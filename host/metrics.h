@@ -18,6 +18,13 @@ void sbh_metrics_add(const char *name, const char *help, double delta, ...)
 /* switchboard_http_requests_total{route,status} += 1, without rendering labels. */
 void sbh_metrics_http(const char *route, int status);
 
+/*
+ * Count value into the histogram name{labels,le} with buckets from 5 ms to
+ * 10 s (seconds), plus name_sum and name_count.
+ */
+void sbh_metrics_observe(const char *name, const char *help, double value, ...)
+    __attribute__((sentinel));
+
 /* Current value of name{labels} (labels as for sbh_metrics_add); 0 if unknown. */
 double sbh_metrics_get(const char *name, ...) __attribute__((sentinel));
 

@@ -423,8 +423,13 @@ static void handle_result(struct msg *m)
         msg_free(m);
         return;
     }
-    sbh_metrics_add("switchboard_send_seconds_total", "Time spent in provider sends",
-                    (double)(sbh_now_ms() - m->started_ms) / 1000.0, SBH_END);
+    uint32_t caps;
+    const char *provider = "unknown";
+    sbh_registry_instance_caps(lane->ob->reg, lane->instance_id, &caps, &provider);
+    sbh_metrics_observe("switchboard_send_duration_seconds",
+                        "Time from handing a message to its plugin to the plugin's answer",
+                        (double)(sbh_now_ms() - m->started_ms) / 1000.0, "provider", provider,
+                        SBH_END);
     if (m->ok) {
         breaker_success(lane);
         finish(m, "sent");
