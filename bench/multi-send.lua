@@ -6,8 +6,9 @@
 local auth = os.getenv("SB_AUTH")
 local tag = os.getenv("BENCH_TAG") or "x"
 local to = os.getenv("BENCH_TO") or "1100000000000000001"
+local paths_file = assert(os.getenv("BENCH_PATHS"), "BENCH_PATHS unset")
 local paths = {}
-for line in io.lines(assert(os.getenv("BENCH_PATHS"), "BENCH_PATHS unset")) do
+for line in io.lines(paths_file) do
    paths[#paths + 1] = line
 end
 local counter = 1
