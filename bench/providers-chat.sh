@@ -168,10 +168,10 @@ gw_stat() { curl -fsS --max-time 2 "$gw_http/stats" | json_get "$1"; }
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $7 + $8}' /proc/stat; }
 # cpu_snap NAME: ticks of the subject ($subject_pid: the daemon or the peer),
-# the daemon's mariadbd, the fake (nginx worker) and the machine.
+# the daemon's mariadbd, the fakes (nginx worker, Gateway) and the machine.
 cpu_snap() {
     local f=0 c v
-    for c in $nginx_pid $(cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null); do
+    for c in $gw_pid $nginx_pid $(cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null); do
         f=$((f + $(proc_ticks "$c")))
     done
     v="$(proc_ticks "${subject_pid:-0}") $(proc_ticks "${db_pid:-0}") $f $(sys_ticks)"
