@@ -455,10 +455,10 @@ if [ "$SKIP_PEER" != 1 ]; then
     peer_dc_send_del=$(awk -v n="$(($(fake_count) - f0 - 1))" -v s="$(wrk_secs "$tmp/peer-dc-send.wrk")" 'BEGIN {printf "%.0f", n / s}')
     stop_peer
 
-    # peer_sessions NAME CMD...: RSS of a Node process holding $GATEWAYS sessions.
+    # peer_sessions NAME COUNT CMD...: RSS of a Node process holding COUNT sessions.
     peer_sessions() {
-        local name=$1 t0 n=0
-        shift
+        local name=$1 want=$2 t0 n=0
+        shift 2
         pport=$(free_port)
         PORT=$pport "$@" >"$tmp/$name.log" 2>&1 &
         peer_pid=$!
@@ -466,7 +466,7 @@ if [ "$SKIP_PEER" != 1 ]; then
         local deadline=$((SECONDS + 120))
         while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$peer_pid" 2>/dev/null; do
             n=$(curl -fsS --max-time 2 "http://127.0.0.1:$pport/healthz" 2>/dev/null | json_get ready 2>/dev/null || echo 0)
-            [ "${n:-0}" -ge "$GATEWAYS" ] && break
+            [ "${n:-0}" -ge "$want" ] && break
             sleep 0.5
         done
         local t1
@@ -479,10 +479,13 @@ if [ "$SKIP_PEER" != 1 ]; then
         sleep 1
     }
     note "(3) peer: $GATEWAYS discord.js $djs_v Clients"
-    peer_sessions peer-djs node "$CHAT" clients "$GATEWAYS" "$fake/api"
+    note "(3) peer: node with discord.js loaded, no session (the baseline)"
+    peer_sessions peer-idle 0 node "$CHAT" clients 0 "$fake/api"
+    peer_sessions peer-djs "$GATEWAYS" node "$CHAT" clients "$GATEWAYS" "$fake/api"
     if [ "$SKIP_RAWWS" != 1 ]; then
         note "(3) peer: $GATEWAYS bare ws $ws_v sessions"
-        peer_sessions peer-ws node "$CHAT" rawws "$GATEWAYS" "$gw_url"
+        peer_sessions peer-wsidle 0 node "$CHAT" rawws 0 "$gw_url"
+        peer_sessions peer-ws "$GATEWAYS" node "$CHAT" rawws "$GATEWAYS" "$gw_url"
     fi
 fi
 
@@ -531,8 +534,11 @@ if [ "$peer_ok" = 1 ] && [ "$SKIP_RAWWS" != 1 ]; then
     row "" "" "$(mib "${peer_ws_rss:-0}") bare ws sessions ($peer_ws_ready ready)" "$(ratio "$rss_gw" "${peer_ws_rss:-}")"
 fi
 row "    idle -> $GATEWAYS sessions" "$(mib "$rss_idle") -> $(mib "$rss_gw"): $(awk -v a="$rss_idle" -v b="$rss_gw" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per session" \
-    "$(P "all ready in ${peer_djs_secs:-?} s (ws: ${peer_ws_secs:-?} s)")" ""
-row "    created / all READY" "$GATEWAYS in $create_s s / $ready_s s" "" ""
+    "$(P "$(mib "${peer_idle_rss:-0}") -> $(mib "${peer_djs_rss:-0}"): $(awk -v a="${peer_idle_rss:-0}" -v b="${peer_djs_rss:-0}" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per Client")" \
+    "$(ratio "$((rss_gw - rss_idle))" "$((${peer_djs_rss:-0} - ${peer_idle_rss:-0}))") per session"
+row "" "" "$(P "bare ws: $(awk -v a="${peer_wsidle_rss:-0}" -v b="${peer_ws_rss:-0}" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per session")" \
+    "$(ratio "$((rss_gw - rss_idle))" "$((${peer_ws_rss:-0} - ${peer_wsidle_rss:-0}))")"
+row "    created / all READY" "$GATEWAYS in $create_s s / $ready_s s" "$(P "all ready in ${peer_djs_secs:-?} s (ws: ${peer_ws_secs:-?} s)")" ""
 row "    its mariadbd (apart)" "$(mib "$db_rss_idle") idle, $(mib "$db_rss_gw") with the sessions" "" \
     "$(ratio "$((rss_gw + db_rss_gw))" "${peer_djs_rss:-}") with mariadbd"
 row "    daemon RSS after all runs" "$(mib "$rss_end"), $sb_gw_open_end sessions still open" "" ""
