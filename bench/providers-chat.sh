@@ -48,7 +48,9 @@
 #   BENCH_NODE_DIR   where the npm packages go
 #                    [${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-bench/node-chat]
 #   BENCH_SKIP_PEER=1  switchboard only (node is still needed for the fakes);
-#   BENCH_SKIP_RAWWS=1 no bare-`ws` peer;  BENCH_KEEP=1 keeps the temp dir.
+#   BENCH_SKIP_RAWWS=1 no bare-`ws` peer;  BENCH_KEEP=1 keeps the temp dir;
+#   BENCH_NOFILE=N   soft open-files limit for everything started here
+#                    [the hard limit]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -80,8 +82,14 @@ done
 NGINX=$(command -v nginx || true)
 [ -n "$NGINX" ] || [ ! -x /usr/sbin/nginx ] || NGINX=/usr/sbin/nginx
 [ -n "$NGINX" ] || die "nginx not installed (the fake REST APIs; apt-get install nginx-light)"
-# 1,000 Gateway sockets (and the peers' as many) need more than 1,024 fds.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# 1,000 Gateway sockets (and the peers' as many) need more than 1,024 fds
+# (switchboardd raises its own soft limit; the peers and nginx do not).
+# BENCH_NOFILE=N sets the soft limit instead (to see the daemon at 1,024).
+if [ -n "${BENCH_NOFILE:-}" ]; then
+    ulimit -Sn "$BENCH_NOFILE"
+else
+    ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+fi
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((GATEWAYS + 512)) ] ||
     note "open files limit $(ulimit -n) is low for $GATEWAYS Gateway sessions"
 
@@ -528,10 +536,10 @@ row "(2) Discord delivered/s, $GATEWAYS bots" "$(num "$sb_dc_send_del") (run + d
     "$(ratio "$sb_dc_send_del" "${peer_dc_send_del:-}")"
 row "    " "$sb_dc_send_info" "" ""
 row "(3) RSS, $GATEWAYS Gateway sessions" "$(mib "$rss_gw") ($sb_gw_open2 open)" \
-    "$(P "$(mib "${peer_djs_rss:-0}") discord.js Clients ($peer_djs_ready ready)")" \
+    "$(P "$(mib "${peer_djs_rss:-0}") discord.js Clients (${peer_djs_ready:-0} ready)")" \
     "$(ratio "$rss_gw" "${peer_djs_rss:-}") (target <= 0.10)"
 if [ "$peer_ok" = 1 ] && [ "$SKIP_RAWWS" != 1 ]; then
-    row "" "" "$(mib "${peer_ws_rss:-0}") bare ws sessions ($peer_ws_ready ready)" "$(ratio "$rss_gw" "${peer_ws_rss:-}")"
+    row "" "" "$(mib "${peer_ws_rss:-0}") bare ws sessions (${peer_ws_ready:-0} ready)" "$(ratio "$rss_gw" "${peer_ws_rss:-}")"
 fi
 row "    idle -> $GATEWAYS sessions" "$(mib "$rss_idle") -> $(mib "$rss_gw"): $(awk -v a="$rss_idle" -v b="$rss_gw" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per session" \
     "$(P "$(mib "${peer_idle_rss:-0}") -> $(mib "${peer_djs_rss:-0}"): $(awk -v a="${peer_idle_rss:-0}" -v b="${peer_djs_rss:-0}" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per Client")" \
