@@ -5,6 +5,8 @@
 
 #include <switchboard/plugin.h>
 
+#include <sys/resource.h>
+
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +70,24 @@ static int run_command(const char *command, const char *path, const struct sbh_c
     int rc = !strcmp(command, "migrate") ? sbh_cmd_migrate(cfg, status) : sbh_cmd_rotate_key(cfg);
     sbh_config_free(cfg);
     return rc;
+}
+
+/* Every Gateway or Socket Mode session is a socket: 1,000 of them do not fit
+ * the usual soft limit of 1,024 descriptors (systemd's default for services),
+ * and then accept() and outbound calls fail. Raise the soft limit towards the
+ * hard one, to at most SBH_NOFILE_WANT. */
+#define SBH_NOFILE_WANT 65536
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= SBH_NOFILE_WANT)
+        return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > SBH_NOFILE_WANT ? SBH_NOFILE_WANT
+                                                                                : rl.rlim_max;
+    if (want > rl.rlim_cur) {
+        rl.rlim_cur = want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 int main(int argc, char **argv)
@@ -142,6 +162,7 @@ int main(int argc, char **argv)
 
     struct sbh_daemon d;
     int rc = 1;
+    raise_nofile();
     if (sbh_daemon_init(&d, config, &ov, environ) == 0)
         rc = sbh_daemon_run(&d);
     sbh_daemon_free(&d);
