@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/listener.h>
 #include <event2/keyvalq_struct.h>
 
 #define SBH_MAX_BODY (1024 * 1024)
@@ -117,6 +118,37 @@ int sbh_http_setup(struct sbh_daemon *d)
     return 0;
 }
 
+#define ACCEPT_PAUSE_MS 200
+
+/* The listener's callback argument is evhttp's own: the daemon is found here. */
+static struct sbh_daemon *accepting_daemon;
+
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    struct sbh_daemon *d = arg;
+    if (d->listener && !d->stopping)
+        evconnlistener_enable(evhttp_bound_socket_get_listener(d->listener));
+}
+
+/*
+ * accept() failed, mostly for want of file descriptors: pause the listener a
+ * moment instead of retrying in a tight loop (and logging each time).
+ */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    struct sbh_daemon *d = accepting_daemon;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval pause = {0, ACCEPT_PAUSE_MS * 1000};
+    evconnlistener_disable(lev);
+    sbh_metrics_add("switchboard_accept_errors_total", "accept() failures (listener paused)", 1,
+                    SBH_END);
+    sbh_log_fields(SB_LOG_WARN, "http", NULL, NULL,
+                   json_pack("{s:s, s:i}", "reason", evutil_socket_error_to_string(err),
+                             "pause_ms", ACCEPT_PAUSE_MS),
+                   "cannot accept connections; pausing the listener");
+    event_base_once(d->base, -1, EV_TIMEOUT, resume_accepting, d, &pause);
+}
+
 struct evhttp_bound_socket *sbh_http_bind(struct sbh_daemon *d, const char *address, int port)
 {
     struct evhttp_bound_socket *s =
@@ -127,6 +159,8 @@ struct evhttp_bound_socket *sbh_http_bind(struct sbh_daemon *d, const char *addr
         sbh_log_fields(SB_LOG_ERROR, "http", NULL, NULL, fields, "cannot listen");
         return NULL;
     }
+    accepting_daemon = d;
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(s), on_accept_error);
     sbh_log_fields(SB_LOG_INFO, "http", NULL, NULL,
                    json_pack("{s:s, s:i}", "address", address, "port", port), "listening");
     return s;
