@@ -22,7 +22,7 @@
 # and the same jobs by a Node.js peer (bench/node-providers/peer.js, installed
 # from npm into ~/.cache): grammY (webhookCallback with secretToken;
 # bot.api.sendMessage with client.apiRoot at the fake), Express with Meta's
-# documented HMAC check, WhatsApp sends with fetch and with Meta's
+# documented HMAC check, WhatsApp sends with node:http and with Meta's
 # facebook-nodejs-business-sdk (FacebookAdsApi.call, the fake as urlOverride).
 # The peer stores nothing and answers a send after delivery (no outbox).
 #
@@ -314,7 +314,7 @@ if [ "$peer_ok" = 1 ]; then
     BENCH_BASE_ID=$((RANDOM * 1000)) wrk_run pgtghook "$peer/tg/webhook" "$here/tg-webhook.lua"
     note "(c) peer: Express $express_v HMAC check"
     wrk_run pgwahook "$peer/wa/webhook" "$here/wa-webhook.lua"
-    note "(d) peer: WhatsApp sends with fetch, then with facebook-nodejs-business-sdk $fbsdk_v"
+    note "(d) peer: WhatsApp sends with node:http, then with facebook-nodejs-business-sdk $fbsdk_v"
     peer_send pgwasend /wa/send
     peer_send pgwasdk /wa/send-sdk
 fi
@@ -337,7 +337,7 @@ printf '| %s | %s | %s | %s |\n' "Telegram sends accepted/s (distinct chats)" \
     "$(num "$sbtgsend_acc") ($(lat "$tmp/sbtgsend.wrk"), err $(errs "$tmp/sbtgsend.wrk"))" \
     "grammY sendMessage: $(pv "${pgtgsend_acc:-}" pgtgsend)" "$(ratio "$sbtgsend_acc" "${pgtgsend_acc:-}")"
 printf '| %s | %s | %s | %s |\n' "Telegram sends at the fake/s" \
-    "$(num "$sbtgsend_del") (run + drain $sbtgsend_drain s; $(num "$sbtgsend_fake") at fake, $(num "$sbtgsend_sent") sent of $(num "$sbtgsend_n"))" \
+    "$(num "$sbtgsend_del") (run + drain $sbtgsend_drain s; $(num "$sbtgsend_fake") at the fake, $(num "$sbtgsend_sent") sent; wrk read $(num "$sbtgsend_n") answers)" \
     "$([ "$peer_ok" = 1 ] && echo "$(num "${pgtgsend_fake:-0}") in ${DURATION} s" || echo -)" ""
 printf '| %s | %s | %s | %s |\n' "Telegram webhooks (secret token) acked/s" \
     "$(num "$(wrk_ok_rps "$tmp/sbtghook.wrk")") ($(lat "$tmp/sbtghook.wrk"), err $(errs "$tmp/sbtghook.wrk"); $(num "$sbtghook_stored") stored)" \
@@ -349,8 +349,8 @@ printf '| %s | %s | %s | %s |\n' "WhatsApp webhooks (X-Hub-Signature-256) verifi
     "$(ratio "$(wrk_ok_rps "$tmp/sbwahook.wrk")" "$([ "$peer_ok" = 1 ] && wrk_ok_rps "$tmp/pgwahook.wrk")")"
 printf '| %s | %s | %s | %s |\n' "WhatsApp sends accepted/s" \
     "$(num "$sbwasend_acc") ($(lat "$tmp/sbwasend.wrk"), err $(errs "$tmp/sbwasend.wrk"))" \
-    "fetch: $(pv "${pgwasend_acc:-}" pgwasend)" "$(ratio "$sbwasend_acc" "${pgwasend_acc:-}")"
+    "node:http: $(pv "${pgwasend_acc:-}" pgwasend)" "$(ratio "$sbwasend_acc" "${pgwasend_acc:-}")"
 printf '| %s | %s | %s | %s |\n' "WhatsApp sends at the fake/s" \
-    "$(num "$sbwasend_del") (run + drain $sbwasend_drain s; $(num "$sbwasend_fake") at fake, $(num "$sbwasend_sent") sent of $(num "$sbwasend_n"))" \
+    "$(num "$sbwasend_del") (run + drain $sbwasend_drain s; $(num "$sbwasend_fake") at the fake, $(num "$sbwasend_sent") sent; wrk read $(num "$sbwasend_n") answers)" \
     "business SDK: $(pv "${pgwasdk_acc:-}" pgwasdk)" "$(ratio "$sbwasend_del" "${pgwasdk_acc:-}") (vs SDK)"
 printf '| %s | %s | %s | %s |\n' "switchboardd RSS after the runs" "$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f MiB", k / 1024}')" "" ""
