@@ -128,6 +128,7 @@ struct tg_instance {
     uint64_t *ring; /* dispatch times of the last pace_global sends */
     size_t ring_n, ring_pos;
     struct tg_chat **chats; /* TG_CHAT_BUCKETS */
+    size_t n_chats, sweep_at; /* entries; a full sweep when n_chats reaches sweep_at */
     unsigned long paced;    /* sends that had to wait */
     int pumping, pump_again; /* pump() is not re-entered (done may send) */
 };
@@ -651,6 +652,29 @@ static uint32_t chat_hash(const char *key)
 }
 
 /*
+ * Drop every entry whose time has passed, so chats not written to again do
+ * not pile up; the next sweep waits until the table has doubled (amortised
+ * O(1) per entry).
+ */
+static void chats_sweep(struct tg_instance *ti, uint64_t now)
+{
+    for (size_t i = 0; i < TG_CHAT_BUCKETS; i++) {
+        struct tg_chat **link = &ti->chats[i], *c;
+
+        while ((c = *link)) {
+            if (c->next_ok <= now) {
+                *link = c->next;
+                free(c);
+                ti->n_chats--;
+            } else {
+                link = &c->next;
+            }
+        }
+    }
+    ti->sweep_at = ti->n_chats * 2 > TG_CHAT_BUCKETS * 4 ? ti->n_chats * 2 : TG_CHAT_BUCKETS * 4;
+}
+
+/*
  * The chat's entry (created when create is set; NULL on no memory or when
  * absent). Entries whose time has passed are dropped on the way.
  */
@@ -668,19 +692,23 @@ static struct tg_chat *chat_find(struct tg_instance *ti, const char *key, uint64
         if (c->next_ok <= now) {
             *link = c->next;
             free(c);
+            ti->n_chats--;
             continue;
         }
         link = &c->next;
     }
     if (!create)
         return NULL;
+    if (ti->n_chats >= ti->sweep_at)
+        chats_sweep(ti, now);
     len = strlen(key) + 1;
     if (!(c = malloc(sizeof(*c) + len)))
         return NULL;
     memcpy(c->key, key, len);
     c->next_ok = 0;
-    c->next = NULL;
-    *link = c;
+    c->next = ti->chats[chat_hash(key)];
+    ti->chats[chat_hash(key)] = c;
+    ti->n_chats++;
     return c;
 }
 
