@@ -124,12 +124,18 @@ static int check_message(struct sbh_call *call)
                        "format must be \"plain\", \"markdown\" or \"html\"");
         return -1;
     }
-    /* A provider template (WhatsApp), passed through as given. */
+    /*
+     * A provider template, passed through as given: WhatsApp's names a
+     * registered template ("name"), Messenger's is a template payload
+     * ("template_type": button, generic, media, ...).
+     */
     json_t *template = json_object_get(b, "template");
     if (template && (!json_is_object(template) ||
-                     !json_is_string(json_object_get(template, "name")))) {
+                     (!json_is_string(json_object_get(template, "name")) &&
+                      !json_is_string(json_object_get(template, "template_type"))))) {
         sbh_call_error(call, 400, "invalid_field", "template",
-                       "template must be an object with a name");
+                       "template must be an object with a name (WhatsApp) or a template_type "
+                       "(Messenger)");
         return -1;
     }
     static const char *const strings[] = {"reply_to", "thread"};

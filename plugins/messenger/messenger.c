@@ -4,7 +4,9 @@
  * meta-common/messaging.c; this file is the descriptor and the settings.
  * Buttons (up to 3) go out as a button template (postbacks), more as quick
  * replies; get_started_payload and persistent_menu are set through
- * /me/messenger_profile on start.
+ * /me/messenger_profile on start. A message's "template" (a template
+ * payload with template_type button, generic, media, ...) goes out as
+ * attachment {type: template, payload: <the template>}.
  */
 #include <switchboard/switchboard.h>
 
@@ -30,7 +32,8 @@ static const struct mm_flavour messenger = {.name = "messenger",
                                             .default_base = "https://graph.facebook.com",
                                             .token_key = "page_access_token",
                                             .button_template = 1,
-                                            .profile = 1};
+                                            .profile = 1,
+                                            .templates = 1};
 
 static int messenger_start(sb_instance *inst, const json_t *settings, void **state)
 {

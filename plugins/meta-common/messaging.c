@@ -180,6 +180,61 @@ static const char *attachment_type(const char *mime)
     return strcmp(kind, "document") ? kind : "file";
 }
 
+/*
+ * A Messenger template (Send API: message.attachment {type: template,
+ * payload: {template_type: button|generic|media|..., ...}}), the message's
+ * "template" passed through as the payload. The message's text fills a
+ * button template that has none, else goes first as its own message;
+ * quick_replies ride on the template message.
+ */
+static json_t *build_template(struct mm_instance *mi, const json_t *msg, json_t **second,
+                              const char **why)
+{
+    json_t *tmpl = json_object_get(msg, "template");
+    const char *type = json_string_value(json_object_get(tmpl, "template_type"));
+    const char *text = json_string_value(json_object_get(msg, "text"));
+    json_t *quick = json_object_get(msg, "quick_replies");
+    json_t *payload, *message;
+
+    if (!mi->fl->templates) {
+        *why = "this provider sends no templates; use text, buttons or media";
+        return NULL;
+    }
+    if (!json_is_object(tmpl) || !type || !*type) {
+        *why = "a Messenger template is a payload with a template_type (button, generic, media, "
+               "...); a WhatsApp template name cannot be sent here";
+        return NULL;
+    }
+    if (json_object_get(msg, "media")) {
+        *why = "send media or a template, not both (a media template carries its own)";
+        return NULL;
+    }
+    if (json_is_array(json_object_get(msg, "buttons"))) {
+        *why = "send buttons or a template, not both (put the buttons in the template)";
+        return NULL;
+    }
+    if (json_is_array(quick) && json_array_size(quick) > MM_MAX_QUICK_REPLIES) {
+        *why = "at most 13 quick replies";
+        return NULL;
+    }
+    payload = json_deep_copy(tmpl);
+    if (!strcmp(type, "button") && text && *text && !json_object_get(payload, "text")) {
+        json_object_set_new(payload, "text", json_string(text));
+        text = NULL;
+    }
+    message = json_pack("{s:{s:s,s:o}}", "attachment", "type", "template", "payload", payload);
+    if (!message)
+        return NULL;
+    if (json_is_array(quick))
+        json_object_set_new(message, "quick_replies", quick_replies(quick));
+    if (text && *text) {
+        /* An attachment carries no text: the text first, then the template. */
+        *second = envelope(msg, message);
+        return envelope(msg, json_pack("{s:s}", "text", text));
+    }
+    return envelope(msg, message);
+}
+
 /* The request bodies for one message; NULL with *why when it cannot be sent. */
 static json_t *build(struct mm_instance *mi, const json_t *msg, json_t **second, const char **why)
 {
@@ -192,10 +247,8 @@ static json_t *build(struct mm_instance *mi, const json_t *msg, json_t **second,
     *second = NULL;
     if (!from_buttons)
         choices = json_object_get(msg, "quick_replies");
-    if (json_object_get(msg, "template")) {
-        *why = "templates are WhatsApp's; use text, buttons or media";
-        return NULL;
-    }
+    if (json_object_get(msg, "template"))
+        return build_template(mi, msg, second, why);
     if (json_is_array(choices) && json_array_size(choices) > MM_MAX_QUICK_REPLIES) {
         *why = "at most 13 quick replies";
         return NULL;

@@ -17,7 +17,16 @@
  * buttons, a one-time reply keyboard for quick_replies, parse_mode only when
  * the message asks with "format"), sendPhoto/sendVideo/sendAudio/sendDocument
  * by URL or uploaded as multipart/form-data. {"ok":false,"error_code":429,
- * "parameters":{"retry_after":N}} is a retryable failure with retry_after_ms.
+ * "parameters":{"retry_after":N}} is a retryable failure with retry_after_ms,
+ * and holds the chat's queue for those N seconds.
+ *
+ * Pacing (core.telegram.org/bots/faq, "My bot is hitting limits"): sends are
+ * built at once, then queued inside the plugin and let out by host timers so
+ * that one chat gets at most one message per pace_chat_ms (default 1000 ms;
+ * groups and channels, negative or @ ids, one per pace_group_ms, default
+ * 3000 ms = 20 a minute) and the bot at most pace_global_per_second (default
+ * 30) in any 1 s window. The queue is FIFO per chat; a chat waiting does not
+ * hold back the others. 0 turns a limit off.
  *
  * The bot token is part of every method URL: it is never logged.
  */
@@ -26,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <switchboard/switchboard.h>
 
@@ -36,6 +46,10 @@
 #define TG_DEFAULT_POLL_TIMEOUT 25
 #define TG_BACKOFF_MIN_MS 1000u
 #define TG_BACKOFF_MAX_MS 60000u
+#define TG_PACE_CHAT_MS 1000u
+#define TG_PACE_GROUP_MS 3000u
+#define TG_PACE_GLOBAL 30u
+#define TG_CHAT_BUCKETS 1024u
 
 #define TG_SCHEMA                                                                                  \
     "{\"type\":\"object\",\"properties\":{"                                                        \
@@ -53,7 +67,13 @@
     "\"api_base\":{\"type\":\"string\",\"minLength\":1,"                                           \
     "\"description\":\"Bot API base URL (default https://api.telegram.org)\"},"                   \
     "\"poll_timeout\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":50,"                         \
-    "\"description\":\"getUpdates long-poll timeout in seconds (default 25)\"}"                    \
+    "\"description\":\"getUpdates long-poll timeout in seconds (default 25)\"},"                   \
+    "\"pace_chat_ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":60000,"                       \
+    "\"description\":\"least time between two sends to one private chat (default 1000, 0 off)\"},"  \
+    "\"pace_group_ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":600000,"                     \
+    "\"description\":\"least time between two sends to one group or channel (default 3000)\"},"     \
+    "\"pace_global_per_second\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":100000,"           \
+    "\"description\":\"most sends of the bot in any second (default 30, 0 off)\"}"                  \
     "},\"required\":[\"bot_token\"],\"additionalProperties\":false}"
 
 struct tg_instance;
@@ -68,6 +88,23 @@ struct tg_call {
     tg_call_fn fn;
     sb_send_done_fn done; /* sends only */
     void *done_arg;
+    char *chat; /* sends only: the pacing key */
+};
+
+/* A send built and waiting for its chat's and the bot's turn. */
+struct tg_pending {
+    struct tg_pending *next;
+    char *chat, *method, *body, *content_type; /* content_type NULL: JSON */
+    size_t len;
+    sb_send_done_fn done;
+    void *done_arg;
+};
+
+/* When a chat may get its next message (monotonic ms); gone once past. */
+struct tg_chat {
+    struct tg_chat *next;
+    uint64_t next_ok;
+    char key[];
 };
 
 struct tg_instance {
@@ -82,6 +119,18 @@ struct tg_instance {
     int auth_failed; /* the last answer said the token is bad */
     struct tg_call *calls;
     unsigned long updates, sent, failed, refused;
+    /* pacing */
+    uint32_t pace_chat_ms, pace_group_ms, pace_global;
+    struct tg_pending *queue, **queue_tail;
+    size_t queued;
+    sb_timer *pace_timer;
+    uint64_t pace_timer_at;
+    uint64_t *ring; /* dispatch times of the last pace_global sends */
+    size_t ring_n, ring_pos;
+    struct tg_chat **chats; /* TG_CHAT_BUCKETS */
+    size_t n_chats, sweep_at; /* entries; a full sweep when n_chats reaches sweep_at */
+    unsigned long paced;    /* sends that had to wait */
+    int pumping, pump_again; /* pump() is not re-entered (done may send) */
 };
 
 static const sb_host_services *host;
@@ -109,6 +158,7 @@ static void on_answer(void *arg, const sb_http_response *resp)
     call_unlink(c);
     c->fn(c, resp, doc);
     json_decref(doc);
+    free(c->chat);
     free(c);
 }
 
@@ -582,6 +632,254 @@ static void tg_webhook(sb_instance *inst, void *state, const sb_http_request *re
     json_decref(upd);
 }
 
+/* ---- pacing ---- */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint32_t chat_hash(const char *key)
+{
+    uint32_t h = 2166136261u;
+
+    while (*key)
+        h = (h ^ (unsigned char)*key++) * 16777619u;
+    return h % TG_CHAT_BUCKETS;
+}
+
+/*
+ * Drop every entry whose time has passed, so chats not written to again do
+ * not pile up; the next sweep waits until the table has doubled (amortised
+ * O(1) per entry).
+ */
+static void chats_sweep(struct tg_instance *ti, uint64_t now)
+{
+    for (size_t i = 0; i < TG_CHAT_BUCKETS; i++) {
+        struct tg_chat **link = &ti->chats[i], *c;
+
+        while ((c = *link)) {
+            if (c->next_ok <= now) {
+                *link = c->next;
+                free(c);
+                ti->n_chats--;
+            } else {
+                link = &c->next;
+            }
+        }
+    }
+    ti->sweep_at = ti->n_chats * 2 > TG_CHAT_BUCKETS * 4 ? ti->n_chats * 2 : TG_CHAT_BUCKETS * 4;
+}
+
+/*
+ * The chat's entry (created when create is set; NULL on no memory or when
+ * absent). Entries whose time has passed are dropped on the way.
+ */
+static struct tg_chat *chat_find(struct tg_instance *ti, const char *key, uint64_t now, int create)
+{
+    struct tg_chat **link, *c;
+    size_t len;
+
+    if (!ti->chats && !(ti->chats = calloc(TG_CHAT_BUCKETS, sizeof(*ti->chats))))
+        return NULL;
+    link = &ti->chats[chat_hash(key)];
+    while ((c = *link)) {
+        if (!strcmp(c->key, key))
+            return c;
+        if (c->next_ok <= now) {
+            *link = c->next;
+            free(c);
+            ti->n_chats--;
+            continue;
+        }
+        link = &c->next;
+    }
+    if (!create)
+        return NULL;
+    if (ti->n_chats >= ti->sweep_at)
+        chats_sweep(ti, now);
+    len = strlen(key) + 1;
+    if (!(c = malloc(sizeof(*c) + len)))
+        return NULL;
+    memcpy(c->key, key, len);
+    c->next_ok = 0;
+    c->next = ti->chats[chat_hash(key)];
+    ti->chats[chat_hash(key)] = c;
+    ti->n_chats++;
+    return c;
+}
+
+/* Groups and supergroups have negative ids, channels too (or "@name"). */
+static uint32_t chat_interval(const struct tg_instance *ti, const char *key)
+{
+    return key[0] == '-' || key[0] == '@' ? ti->pace_group_ms : ti->pace_chat_ms;
+}
+
+/* No send to this chat before now + ms (a 429's retry_after). */
+static void chat_hold(struct tg_instance *ti, const char *key, uint32_t ms)
+{
+    uint64_t now = now_ms();
+    struct tg_chat *c = key ? chat_find(ti, key, now, 1) : NULL;
+
+    if (c && c->next_ok < now + ms)
+        c->next_ok = now + ms;
+}
+
+/* Earliest time the bot may send again under the global limit. */
+static uint64_t global_ok(const struct tg_instance *ti, uint64_t now)
+{
+    if (!ti->pace_global || ti->ring_n < ti->pace_global)
+        return now;
+    return ti->ring[ti->ring_pos] + 1000u;
+}
+
+static void global_count(struct tg_instance *ti, uint64_t now)
+{
+    if (!ti->pace_global || !ti->ring)
+        return;
+    ti->ring[ti->ring_pos] = now;
+    ti->ring_pos = (ti->ring_pos + 1) % ti->pace_global;
+    if (ti->ring_n < ti->pace_global)
+        ti->ring_n++;
+}
+
+static void pending_free(struct tg_pending *p)
+{
+    free(p->chat);
+    free(p->method);
+    free(p->body);
+    free(p->content_type);
+    free(p);
+}
+
+static void on_sent(struct tg_call *c, const sb_http_response *resp, json_t *doc);
+
+/* Put the request on the wire; a failure to start is a retryable failure. */
+static void dispatch(struct tg_instance *ti, struct tg_pending *p)
+{
+    struct tg_call *c =
+        tg_request(ti, p->method, p->body, p->len, p->content_type, 0, on_sent);
+
+    if (!c) {
+        sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "transport",
+                              .error_message = "could not start the Bot API request"};
+        ti->failed++;
+        p->done(p->done_arg, &res);
+    } else {
+        c->done = p->done;
+        c->done_arg = p->done_arg;
+        c->chat = p->chat;
+        p->chat = NULL;
+    }
+    pending_free(p);
+}
+
+static void pace_fire(void *arg);
+
+/* Send whatever may go now, in order; wake up again when the next may. */
+static void pump(struct tg_instance *ti)
+{
+    uint64_t now, wake, g;
+    struct tg_pending **link, *p;
+
+    if (ti->pumping) {
+        ti->pump_again = 1;
+        return;
+    }
+    ti->pumping = 1;
+again:
+    ti->pump_again = 0;
+    now = now_ms();
+    wake = UINT64_MAX;
+    g = global_ok(ti, now);
+    link = &ti->queue;
+    while ((p = *link)) {
+        struct tg_chat *c;
+        uint32_t gap;
+
+        if (g > now) {
+            wake = g;
+            break;
+        }
+        c = chat_find(ti, p->chat, now, 0);
+        if (c && c->next_ok > now) {
+            if (c->next_ok < wake)
+                wake = c->next_ok;
+            link = &p->next;
+            continue;
+        }
+        gap = chat_interval(ti, p->chat);
+        if (gap && (c || (c = chat_find(ti, p->chat, now, 1))))
+            c->next_ok = now + gap;
+        *link = p->next;
+        if (ti->queue_tail == &p->next)
+            ti->queue_tail = link;
+        ti->queued--;
+        global_count(ti, now);
+        g = global_ok(ti, now);
+        dispatch(ti, p);
+    }
+    if (ti->pump_again)
+        goto again;
+    ti->pumping = 0;
+    if (!ti->queue) {
+        ti->queue_tail = &ti->queue;
+        wake = UINT64_MAX;
+    }
+    if (ti->pace_timer && ti->pace_timer_at != wake) {
+        host->timer_cancel(ti->pace_timer);
+        ti->pace_timer = NULL;
+    }
+    if (wake != UINT64_MAX && !ti->pace_timer) {
+        ti->pace_timer_at = wake;
+        ti->pace_timer = host->timer_start(plugin_self, ti->inst, (uint32_t)(wake - now), 0,
+                                           pace_fire, ti);
+        if (!ti->pace_timer)
+            host->log(plugin_self, ti->inst, SB_LOG_ERROR, "could not start the pacing timer");
+    }
+}
+
+static void pace_fire(void *arg)
+{
+    struct tg_instance *ti = arg;
+
+    ti->pace_timer = NULL;
+    pump(ti);
+}
+
+/* Queue one built request (takes body) and let out what may go. */
+static int enqueue(struct tg_instance *ti, const char *chat, const char *method, char *body,
+                   size_t len, const char *content_type, sb_send_done_fn done, void *done_arg)
+{
+    struct tg_pending *p = calloc(1, sizeof(*p));
+
+    if (!p || !(p->chat = pu_strdup(chat)) || !(p->method = pu_strdup(method)) ||
+        (content_type && !(p->content_type = pu_strdup(content_type)))) {
+        if (p)
+            pending_free(p);
+        free(body);
+        return -1;
+    }
+    p->body = body;
+    p->len = len;
+    p->done = done;
+    p->done_arg = done_arg;
+    if (ti->queue) {
+        uint64_t now = now_ms();
+        struct tg_chat *c = chat_find(ti, chat, now, 0);
+        if ((c && c->next_ok > now) || global_ok(ti, now) > now)
+            ti->paced++;
+    }
+    *ti->queue_tail = p;
+    ti->queue_tail = &p->next;
+    ti->queued++;
+    pump(ti);
+    return 0;
+}
+
 /* ---- sending ---- */
 
 static void send_finish(struct tg_call *c, const sb_send_result *res)
@@ -623,6 +921,8 @@ static void on_sent(struct tg_call *c, const sb_http_response *resp, json_t *doc
 
         res.retryable = ec == 429 || ec >= 500 || resp->status >= 500;
         res.retry_after_ms = res.retryable ? tg_retry_after(resp, doc) : 0;
+        if (ec == 429 && res.retry_after_ms)
+            chat_hold(ti, c->chat, res.retry_after_ms);
         snprintf(code, sizeof(code), "telegram_%d", ec);
         if (json_is_integer(migrate))
             snprintf(msgbuf, sizeof(msgbuf), "%s (the group is now chat %" JSON_INTEGER_FORMAT ")",
@@ -747,37 +1047,36 @@ static char *caption_of(const json_t *msg, const json_t *media)
 }
 
 /* A multipart upload of media.data_base64; the other fields as form fields. */
-static struct tg_call *send_upload(struct tg_instance *ti, const char *method, const char *field,
-                                   const json_t *media, json_t *body, const char **why)
+static int build_upload(const char *field, const json_t *media, json_t *body,
+                        struct pu_multipart *mp, const char **why)
 {
     unsigned char *data = NULL;
     size_t len = 0;
-    struct pu_multipart mp;
     const char *key;
     json_t *v;
-    struct tg_call *c;
     const char *filename = json_string_value(json_object_get(media, "filename"));
 
     if (pu_base64_decode(json_string_value(json_object_get(media, "data_base64")), &data, &len)) {
         *why = "media.data_base64 is not valid base64";
-        return NULL;
+        return -1;
     }
-    pu_mp_init(&mp);
+    pu_mp_init(mp);
     json_object_foreach (body, key, v) {
         char *text = json_is_string(v) ? pu_strdup(json_string_value(v))
                                        : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         if (text)
-            pu_mp_field(&mp, key, text);
+            pu_mp_field(mp, key, text);
         free(text);
     }
-    pu_mp_file(&mp, field, filename ? filename : field,
+    pu_mp_file(mp, field, filename ? filename : field,
                json_string_value(json_object_get(media, "mime_type")), data, len);
-    pu_mp_end(&mp);
+    pu_mp_end(mp);
     free(data);
-    c = mp.buf.oom ? NULL
-                   : tg_request(ti, method, mp.buf.p, mp.buf.len, mp.content_type, 0, on_sent);
-    pu_buf_free(&mp.buf);
-    return c;
+    if (mp->buf.oom) {
+        pu_buf_free(&mp->buf);
+        return -2;
+    }
+    return 0;
 }
 
 static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn done,
@@ -786,10 +1085,13 @@ static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
     struct tg_instance *ti = state;
     json_t *media = json_object_get(msg, "media");
     json_t *body = json_object();
-    const char *why = NULL, *method = "sendMessage";
-    struct tg_call *c = NULL;
+    const char *why = NULL, *method = "sendMessage", *ctype = NULL;
+    const char *to = json_string_value(json_object_get(msg, "to"));
+    char *text = NULL;
+    size_t len = 0;
+    int built = -1;
 
-    if (!json_is_string(json_object_get(msg, "to"))) {
+    if (!to || !*to) {
         why = "\"to\" must be a chat id";
     } else if (!(why = common_fields(body, msg))) {
         if (json_is_object(media)) {
@@ -804,14 +1106,30 @@ static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
             free(caption);
             if (url) {
                 json_object_set_new(body, field, json_string(url));
-                c = tg_request_json(ti, method, body, 0, on_sent);
             } else {
-                c = send_upload(ti, method, field, media, body, &why);
+                struct pu_multipart mp;
+                int r = build_upload(field, media, body, &mp, &why);
+
+                if (r == 0) {
+                    /* The buffer becomes the pending body; the boundary type is copied. */
+                    text = (char *)mp.buf.p;
+                    len = mp.buf.len;
+                    built = enqueue(ti, to, method, text, len, mp.content_type, done, done_arg);
+                    json_decref(body);
+                    return built;
+                }
+                if (r == -2) {
+                    json_decref(body);
+                    return -1;
+                }
             }
         } else {
             json_object_set(body, "text", json_object_get(msg, "text"));
-            c = tg_request_json(ti, method, body, 0, on_sent);
         }
+    }
+    if (!why) {
+        text = json_dumps(body, JSON_COMPACT);
+        len = text ? strlen(text) : 0;
     }
     json_decref(body);
     if (why) {
@@ -820,11 +1138,9 @@ static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
         done(done_arg, &res);
         return 0;
     }
-    if (!c)
+    if (!text)
         return -1;
-    c->done = done;
-    c->done_arg = done_arg;
-    return 0;
+    return enqueue(ti, to, method, text, len, ctype, done, done_arg);
 }
 
 /* ---- lifecycle ---- */
@@ -837,7 +1153,25 @@ static void ti_free(struct tg_instance *ti)
     free(ti->api_base);
     free(ti->webhook_url);
     json_decref(ti->allowed_updates);
+    if (ti->chats) {
+        for (size_t i = 0; i < TG_CHAT_BUCKETS; i++)
+            while (ti->chats[i]) {
+                struct tg_chat *c = ti->chats[i];
+                ti->chats[i] = c->next;
+                free(c);
+            }
+        free(ti->chats);
+    }
+    free(ti->ring);
     free(ti);
+}
+
+static uint32_t setting_uint(const json_t *settings, const char *key, uint32_t dflt)
+{
+    json_t *v = json_object_get(settings, key);
+
+    return json_is_integer(v) && json_integer_value(v) >= 0 ? (uint32_t)json_integer_value(v)
+                                                            : dflt;
 }
 
 static char *trim_slash(char *s)
@@ -879,6 +1213,12 @@ static int tg_instance_start(sb_instance *inst, const json_t *settings, void **s
                                                 : TG_DEFAULT_POLL_TIMEOUT;
     if (json_is_array(allowed))
         ti->allowed_updates = json_deep_copy(allowed);
+    ti->queue_tail = &ti->queue;
+    ti->pace_chat_ms = setting_uint(settings, "pace_chat_ms", TG_PACE_CHAT_MS);
+    ti->pace_group_ms = setting_uint(settings, "pace_group_ms", TG_PACE_GROUP_MS);
+    ti->pace_global = setting_uint(settings, "pace_global_per_second", TG_PACE_GLOBAL);
+    if (ti->pace_global && !(ti->ring = calloc(ti->pace_global, sizeof(*ti->ring))))
+        return fail_start(inst, ti, "out of memory");
     if (!ti->token)
         return fail_start(inst, ti, "settings.bot_token is required");
     if (!ti->api_base)
@@ -911,6 +1251,17 @@ static void tg_instance_stop(sb_instance *inst, void *state)
 
     if (ti->timer)
         host->timer_cancel(ti->timer);
+    if (ti->pace_timer)
+        host->timer_cancel(ti->pace_timer);
+    while (ti->queue) {
+        struct tg_pending *p = ti->queue;
+        sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "instance_stopped",
+                              .error_message = "the instance stopped before the message went out"};
+
+        ti->queue = p->next;
+        p->done(p->done_arg, &res);
+        pending_free(p);
+    }
     while (ti->calls) {
         struct tg_call *c = ti->calls;
 
@@ -921,6 +1272,7 @@ static void tg_instance_stop(sb_instance *inst, void *state)
                                   .error_message = "the instance stopped before the answer came"};
             c->done(c->done_arg, &res);
         }
+        free(c->chat);
         free(c);
     }
     ti_free(ti);
@@ -930,11 +1282,12 @@ static json_t *tg_status(sb_instance *inst, void *state)
 {
     const struct tg_instance *ti = state;
 
-    return json_pack("{s:s,s:s?,s:I,s:I,s:I,s:I,s:I}", "mode",
+    return json_pack("{s:s,s:s?,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "mode",
                      ti->webhook_mode ? "webhook" : "polling", "webhook_url", ti->webhook_url,
                      "offset", (json_int_t)ti->offset, "updates", (json_int_t)ti->updates, "sent",
                      (json_int_t)ti->sent, "failed", (json_int_t)ti->failed, "refused",
-                     (json_int_t)ti->refused);
+                     (json_int_t)ti->refused, "queued", (json_int_t)ti->queued, "paced",
+                     (json_int_t)ti->paced);
 }
 
 static int tg_init(const sb_host_services *services, sb_plugin *self, const json_t *config)

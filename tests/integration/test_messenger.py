@@ -136,6 +136,60 @@ def test_send_kinds_and_request_bodies(make_daemon, graph):
     assert graph.messages()[-1].params["message"]["attachment"]["type"] == "file"
 
 
+def test_button_and_generic_templates(make_daemon, graph):
+    d = start_daemon(make_daemon, "messenger")
+    iid = instance(d, graph)
+    base = {"recipient": {"id": PSID}, "messaging_type": "RESPONSE"}
+
+    button = {"template_type": "button", "text": "What next?", "buttons": [
+        {"type": "web_url", "url": "https://shop.example.test", "title": "Visit"},
+        {"type": "postback", "title": "Talk", "payload": "TALK"}]}
+    acc = send(d, iid, {"to": PSID, "template": button})
+    doc = wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params == dict(base, message={
+        "attachment": {"type": "template", "payload": button}}), graph.messages()[-1].params
+    assert doc["provider_message_id"].startswith("m_FAKE"), doc
+
+    # The message's text fills a button template that has none.
+    acc = send(d, iid, {"to": PSID, "text": "Choose",
+                        "template": {"template_type": "button", "buttons": button["buttons"]}})
+    wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params["message"]["attachment"]["payload"]["text"] == "Choose"
+
+    generic = {"template_type": "generic", "elements": [
+        {"title": "Red shirt", "subtitle": "100% cotton", "image_url": "https://x.test/r.png",
+         "default_action": {"type": "web_url", "url": "https://x.test/r"},
+         "buttons": [{"type": "postback", "title": "Buy", "payload": "BUY_RED"}]},
+        {"title": "Blue shirt", "buttons": [{"type": "postback", "title": "Buy",
+                                             "payload": "BUY_BLUE"}]}]}
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": PSID, "text": "Our shirts", "template": generic,
+                        "quick_replies": [{"id": "MORE", "title": "More"}]})
+    wait_state(d, acc["id"], "sent")
+    two = graph.messages()[n:]
+    assert [r.params["message"] for r in two] == [
+        {"text": "Our shirts"},
+        {"attachment": {"type": "template", "payload": generic},
+         "quick_replies": [{"content_type": "text", "title": "More", "payload": "MORE"}]}], two
+
+    # A WhatsApp template (a name, no template_type) is refused with the reason.
+    acc = send(d, iid, {"to": PSID, "template": {"name": "hello_world",
+                                                 "language": {"code": "en_US"}}})
+    doc = wait_state(d, acc["id"], "failed")
+    assert "template_type" in doc["last_error"], doc
+    acc = send(d, iid, {"to": PSID, "template": generic, "buttons": [{"id": "a", "title": "A"}]})
+    assert "not both" in wait_state(d, acc["id"], "failed")["last_error"]
+    # Neither name nor template_type: the API refuses it.
+    r = d.api("POST", "/v1/instances/%s/messages" % iid, {"to": PSID, "template": {"x": 1}})
+    assert r.status == 400, r
+    # The fake checks the payload like the Send API: a generic element without a title fails.
+    acc = send(d, iid, {"to": PSID, "template": {"template_type": "generic",
+                                                 "elements": [{"subtitle": "no title"}]}})
+    doc = wait_state(d, acc["id"], "failed")
+    assert "title" in doc["last_error"], doc
+    graph.errors.clear()
+
+
 def test_inbound_kinds_and_delivery(make_daemon, graph):
     d = start_daemon(make_daemon, "messenger")
     iid = instance(d, graph)

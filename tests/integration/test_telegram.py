@@ -249,6 +249,75 @@ def test_429_retry_after_is_honoured(make_daemon, tg):
     assert doc["attempts"] == 2, doc
 
 
+def test_burst_to_one_chat_is_paced_at_one_per_second(make_daemon, tg):
+    d = start_daemon(make_daemon, "telegram")
+    iid = webhook_instance(d, tg)
+    ids = [send(d, iid, {"to": "777", "text": "burst %d" % i})["id"] for i in range(5)]
+    for mid in ids:
+        wait_state(d, mid, "sent", timeout=15)
+    calls = [c for c in tg.calls("sendMessage") if c.params["chat_id"] == 777]
+    assert [c.params["text"] for c in calls] == ["burst %d" % i for i in range(5)], calls
+    gaps = [b.time - a.time for a, b in zip(calls, calls[1:])]
+    # The plugin lets them out 1 s apart; the fake sees them with some transport jitter.
+    assert all(g >= 0.9 for g in gaps), "sends to one chat %r s apart (Telegram: ~1/s)" % gaps
+    assert calls[-1].time - calls[0].time >= 3.9, gaps
+    st = instance_status(d, iid)["provider_status"]
+    assert st["paced"] >= 3 and st["queued"] == 0, st
+
+
+def test_queued_sends_survive_a_restart(make_daemon, tg):
+    d = start_daemon(make_daemon, "telegram")
+    iid = webhook_instance(d, tg)
+    ids = [send(d, iid, {"to": "778", "text": "q%d" % i})["id"] for i in range(4)]
+    wait_state(d, ids[0], "sent")
+    d.stop()  # the other three are still queued in the plugin
+    assert d.returncode == 0
+    d.start()
+    for mid in ids:
+        wait_state(d, mid, "sent", timeout=20)
+    texts = [c.params["text"] for c in tg.calls("sendMessage") if c.params["chat_id"] == 778]
+    assert sorted(texts) == ["q0", "q1", "q2", "q3"], texts
+
+
+def test_group_chat_is_paced_at_twenty_a_minute(make_daemon, tg):
+    d = start_daemon(make_daemon, "telegram")
+    iid = webhook_instance(d, tg)
+    ids = [send(d, iid, {"to": "-100123", "text": "g%d" % i})["id"] for i in range(2)]
+    for mid in ids:
+        wait_state(d, mid, "sent", timeout=15)
+    calls = [c for c in tg.calls("sendMessage") if c.params["chat_id"] == -100123]
+    assert len(calls) == 2 and calls[1].time - calls[0].time >= 2.9, calls
+
+
+def test_global_limit_thirty_per_second(make_daemon, tg):
+    d = start_daemon(make_daemon, "telegram")
+    iid = webhook_instance(d, tg)
+    ids = [send(d, iid, {"to": str(10000 + i), "text": "n%d" % i})["id"] for i in range(40)]
+    for mid in ids:
+        wait_state(d, mid, "sent", timeout=15)
+    times = sorted(c.time for c in tg.calls("sendMessage"))
+    assert len(times) == 40, len(times)
+    assert times[-1] - times[0] >= 0.9, "40 sends in %.2f s (Telegram: ~30/s)" % (
+        times[-1] - times[0])
+    # No 1 s window holds more than 30 (less transport jitter at the fake).
+    for i, t in enumerate(times):
+        assert sum(1 for u in times[i:] if u - t < 0.9) <= 30, times
+
+
+def test_pacing_can_be_turned_off(make_daemon, tg):
+    d = start_daemon(make_daemon, "telegram")
+    iid = create_instance(d, "telegram", "tg-fast",
+                          {"mode": "webhook", "public_url": PUBLIC, "api_base": tg.url,
+                           "pace_chat_ms": 0, "pace_global_per_second": 0},
+                          {"bot_token": TOKEN, "webhook_secret": SECRET})
+    wait_instance_state(d, iid, "connected")
+    ids = [send(d, iid, {"to": "888", "text": "f%d" % i})["id"] for i in range(5)]
+    for mid in ids:
+        wait_state(d, mid, "sent")
+    calls = [c for c in tg.calls("sendMessage") if c.params["chat_id"] == 888]
+    assert len(calls) == 5 and calls[-1].time - calls[0].time < 0.9, calls
+
+
 def test_invalid_token_fails_message_and_instance_recovers(make_daemon, tg):
     d = start_daemon(make_daemon, "telegram")
     iid = polling_instance(d, tg, token="999:wrong")

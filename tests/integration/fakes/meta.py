@@ -154,6 +154,9 @@ class FakeGraph(Server):
             errs.append("message has both text and attachment")
         if p.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
             errs.append("messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG")
+        att = msg.get("attachment") if isinstance(msg, dict) else None
+        if isinstance(att, dict) and att.get("type") == "template":
+            errs += self._template_errors(att.get("payload"))
         for q in (msg or {}).get("quick_replies", []) if isinstance(msg, dict) else []:
             if q.get("content_type") != "text" or not q.get("title") or not q.get("payload"):
                 errs.append("quick reply needs content_type text, title and payload: %r" % q)
@@ -168,6 +171,50 @@ class FakeGraph(Server):
             return s
         return 200, {}, {"recipient_id": p["recipient"]["id"],
                          "message_id": "m_FAKE%06d" % next(self.ids)}
+
+    @staticmethod
+    def _template_errors(t):
+        """Send API templates (developers.facebook.com/docs/messenger-platform/send-messages/
+        template/button, .../generic): payload.template_type, button: text (<= 640) and 1-3
+        buttons; generic: 1-10 elements, each with a title (<= 80) and at most 3 buttons."""
+        if not isinstance(t, dict) or not isinstance(t.get("template_type"), str):
+            return ["template payload needs template_type"]
+        errs = []
+
+        def buttons(bs, where, need):
+            if bs is None and not need:
+                return
+            if not isinstance(bs, list) or not (1 <= len(bs) <= 3):
+                errs.append("%s: 1 to 3 buttons" % where)
+                return
+            for b in bs:
+                kind = b.get("type") if isinstance(b, dict) else None
+                if kind == "postback" and not (b.get("title") and b.get("payload")):
+                    errs.append("%s: a postback button needs title and payload" % where)
+                elif kind == "web_url" and not (b.get("title") and b.get("url")):
+                    errs.append("%s: a web_url button needs title and url" % where)
+                elif kind not in ("postback", "web_url", "phone_number", "account_link",
+                                  "account_unlink", "game_play"):
+                    errs.append("%s: unknown button type %r" % (where, kind))
+
+        kind = t["template_type"]
+        if kind == "button":
+            if not isinstance(t.get("text"), str) or not t["text"] or len(t["text"]) > 640:
+                errs.append("button template needs text (1-640)")
+            buttons(t.get("buttons"), "button template", True)
+        elif kind == "generic":
+            els = t.get("elements")
+            if not isinstance(els, list) or not (1 <= len(els) <= 10):
+                errs.append("generic template needs 1 to 10 elements")
+            else:
+                for i, e in enumerate(els):
+                    if not isinstance(e, dict) or not e.get("title") or len(e["title"]) > 80:
+                        errs.append("generic element %d needs a title (1-80)" % i)
+                    else:
+                        buttons(e.get("buttons"), "generic element %d" % i, False)
+        elif kind not in ("media", "receipt", "customer_feedback", "product"):
+            errs.append("unknown template_type %r" % kind)
+        return errs
 
     def messages(self):
         return self.all(lambda r: r.route.endswith("/messages") and r.params is not None)
