@@ -54,6 +54,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 top=$(cd "$here/.." && pwd)
 DAEMON=${SB_DAEMON:-$top/host/switchboardd}
 PLUGINS=${SB_PLUGIN_DIR:-$top/build/plugins}
@@ -113,9 +114,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 # wait_http URL [seconds]: poll until the URL answers 2xx.
 wait_http() {
     local url=$1 deadline=$((SECONDS + ${2:-15}))
@@ -125,8 +123,6 @@ wait_http() {
     done
     return 1
 }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 json_get() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get(sys.argv[1], ""))' "$1"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }

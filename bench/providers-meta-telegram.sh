@@ -35,6 +35,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 top=$(cd "$here/.." && pwd)
 DAEMON=${SB_DAEMON:-$top/host/switchboardd}
 PLUGINS=${SB_PLUGIN_DIR:-$top/build/plugins}
@@ -81,9 +82,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 wait_http() {
     local url=$1 deadline=$((SECONDS + ${2:-15}))
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -92,8 +90,6 @@ wait_http() {
     done
     return 1
 }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 
 # wrk_run NAME URL LUA: output in $tmp/NAME.wrk
 wrk_run() {

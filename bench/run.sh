@@ -20,6 +20,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 top=$(cd "$here/.." && pwd)
 DAEMON=${SB_DAEMON:-$top/host/switchboardd}
 PLUGINS=${SB_PLUGIN_DIR:-$top/build/plugins}
@@ -58,9 +59,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # wait_http URL [seconds]: poll until the URL answers 200.
 wait_http() {
