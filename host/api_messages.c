@@ -45,8 +45,7 @@ static int check_choices(struct sbh_call *call, const char *field)
     }
     json_array_foreach (list, i, c) {
         const char *title = json_string_value(json_object_get(c, "title"));
-        if (!json_is_object(c) || !json_is_string(json_object_get(c, "id")) || !title ||
-            !*title) {
+        if (!json_is_object(c) || !json_is_string(json_object_get(c, "id")) || !title || !*title) {
             char where[64];
             snprintf(where, sizeof(where), "%s[%zu]", field, i);
             sbh_call_error(call, 400, "invalid_field", where, "each item needs an id and a title");
@@ -58,8 +57,8 @@ static int check_choices(struct sbh_call *call, const char *field)
 
 static int check_media(struct sbh_call *call)
 {
-    static const char *const allowed[] = {"url", "data_base64", "mime_type", "caption",
-                                          "filename", NULL};
+    static const char *const allowed[] = {"url",     "data_base64", "mime_type",
+                                          "caption", "filename",    NULL};
     json_t *media = json_object_get(call->body, "media");
     const char *key;
     json_t *v;
@@ -95,9 +94,10 @@ static int check_media(struct sbh_call *call)
 
 static int check_message(struct sbh_call *call)
 {
-    static const char *const allowed[] = {"to", "text", "media", "buttons", "quick_replies",
-                                          "reply_to", "thread", "format", "template",
-                                          "provider_options", NULL};
+    static const char *const allowed[] = {
+        "to",       "text",   "media",  "buttons",  "quick_replies",
+        "reply_to", "thread", "format", "template", "provider_options",
+        NULL};
     if (sbh_call_body_object(call, allowed) < 0)
         return -1;
     json_t *b = call->body, *text = json_object_get(b, "text");
@@ -107,12 +107,13 @@ static int check_message(struct sbh_call *call)
         return -1;
     }
     if (text && (!json_is_string(text) || json_string_length(text) > MAX_TEXT)) {
-        sbh_call_error(call, 400, "invalid_field", "text", "text must be a string of at most %d bytes",
-                       MAX_TEXT);
+        sbh_call_error(call, 400, "invalid_field", "text",
+                       "text must be a string of at most %d bytes", MAX_TEXT);
         return -1;
     }
     if (!text && !json_object_get(b, "media") && !json_object_get(b, "template")) {
-        sbh_call_error(call, 400, "invalid_field", "text", "a message needs text, media or a template");
+        sbh_call_error(call, 400, "invalid_field", "text",
+                       "a message needs text, media or a template");
         return -1;
     }
     /* Formatting is opt-in: plain text unless the caller names a markup. */
@@ -256,8 +257,8 @@ static void send_message(struct sbh_call *call)
     sbh_registry_instance_caps(call->d->reg, call->id, &caps, &provider);
     if (check_message(call) < 0)
         return;
-    const char *key = evhttp_find_header(evhttp_request_get_input_headers(call->req),
-                                         "Idempotency-Key");
+    const char *key =
+        evhttp_find_header(evhttp_request_get_input_headers(call->req), "Idempotency-Key");
     if (key && (!*key || strlen(key) > 255))
         return sbh_call_error(call, 400, "invalid_header", "Idempotency-Key",
                               "Idempotency-Key must be 1 to 255 characters");
@@ -288,19 +289,17 @@ static json_t *message_doc(const struct sbh_daemon *d, const json_t *row)
     json_t *body = json_loads(json_string_value(json_object_get(row, "body")), 0, NULL);
     const char *deg_text = json_string_value(json_object_get(row, "degraded"));
     json_t *degraded = deg_text ? json_loads(deg_text, 0, NULL) : NULL;
-    return json_pack("{s:O, s:O, s:O, s:s, s:O, s:O, s:o, s:O, s:o, s:O, s:O, s:O, s:O}", "id",
-                     json_object_get(row, "id"), "instance_id",
-                     json_object_get(row, "instance_id"), "direction",
-                     json_object_get(row, "direction"), "state",
-                     live ? live : json_string_value(json_object_get(row, "state")), "to",
-                     json_object_get(row, "recipient"), "from", json_object_get(row, "sender"),
-                     "body", body ? body : json_object(), "provider_message_id",
-                     json_object_get(row, "provider_message_id"), "degraded",
-                     degraded ? degraded : json_array(), "attempts",
-                     json_object_get(row, "attempts"), "last_error",
-                     json_object_get(row, "last_error"), "created_at",
-                     json_object_get(row, "created_at"), "updated_at",
-                     json_object_get(row, "updated_at"));
+    return json_pack(
+        "{s:O, s:O, s:O, s:s, s:O, s:O, s:o, s:O, s:o, s:O, s:O, s:O, s:O}", "id",
+        json_object_get(row, "id"), "instance_id", json_object_get(row, "instance_id"), "direction",
+        json_object_get(row, "direction"), "state",
+        live ? live : json_string_value(json_object_get(row, "state")), "to",
+        json_object_get(row, "recipient"), "from", json_object_get(row, "sender"), "body",
+        body ? body : json_object(), "provider_message_id",
+        json_object_get(row, "provider_message_id"), "degraded", degraded ? degraded : json_array(),
+        "attempts", json_object_get(row, "attempts"), "last_error",
+        json_object_get(row, "last_error"), "created_at", json_object_get(row, "created_at"),
+        "updated_at", json_object_get(row, "updated_at"));
 }
 
 static int work_get(MYSQL *conn, struct sbh_call *call)
@@ -318,8 +317,8 @@ static int work_get(MYSQL *conn, struct sbh_call *call)
 
 static void then_got(struct sbh_call *call, int rc)
 {
-    if (rc == SBH_DB_OK &&
-        !sbh_principal_allows(&call->who, json_string_value(json_object_get(call->out, "instance_id"))))
+    if (rc == SBH_DB_OK && !sbh_principal_allows(&call->who, json_string_value(json_object_get(
+                                                                 call->out, "instance_id"))))
         rc = SBH_DB_NOTFOUND;
     if (rc == SBH_DB_NOTFOUND)
         return sbh_call_error(call, 404, "not_found", NULL, "no such message");
@@ -379,7 +378,8 @@ static void list_messages(struct sbh_call *call)
     TAILQ_INIT(&q);
     if (uri_query && evhttp_parse_query_str(uri_query, &q) < 0)
         return sbh_call_error(call, 400, "invalid_query", NULL, "malformed query string");
-    const char *limit_s = evhttp_find_header(&q, "limit"), *cursor = evhttp_find_header(&q, "cursor");
+    const char *limit_s = evhttp_find_header(&q, "limit"),
+               *cursor = evhttp_find_header(&q, "cursor");
     char *end = NULL;
     long limit = limit_s ? strtol(limit_s, &end, 10) : 50;
     if (limit < 1 || limit > 500 || (end && *end)) {

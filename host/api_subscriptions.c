@@ -42,8 +42,8 @@ static json_t *sub_doc(const json_t *row)
                      instances ? instances : json_null(), "enabled",
                      json_integer_value(json_object_get(row, "enabled")) != 0, "created_at",
                      json_object_get(row, "created_at"), "deliveries", "delivered",
-                     json_object_get(row, "delivered"), "pending",
-                     json_object_get(row, "pending"), "failed", json_object_get(row, "failed"));
+                     json_object_get(row, "delivered"), "pending", json_object_get(row, "pending"),
+                     "failed", json_object_get(row, "failed"));
 }
 
 static int work_get(MYSQL *conn, struct sbh_call *call)
@@ -78,8 +78,8 @@ static int work_create(MYSQL *conn, struct sbh_call *call)
 static int work_delete(MYSQL *conn, struct sbh_call *call)
 {
     unsigned long long n = 0;
-    int rc = sbh_db_exec(conn, &n, "DELETE FROM subscriptions WHERE id = ?", "s",
-                         in_str(call, "id"));
+    int rc =
+        sbh_db_exec(conn, &n, "DELETE FROM subscriptions WHERE id = ?", "s", in_str(call, "id"));
     return rc == SBH_DB_OK && n == 0 ? SBH_DB_NOTFOUND : rc;
 }
 
@@ -172,8 +172,8 @@ static void create_sub(struct sbh_call *call)
     char id[32];
     unsigned char raw[8];
     RAND_bytes(raw, sizeof(raw));
-    snprintf(id, sizeof(id), "sub_%02x%02x%02x%02x%02x%02x%02x%02x", raw[0], raw[1], raw[2],
-             raw[3], raw[4], raw[5], raw[6], raw[7]);
+    snprintf(id, sizeof(id), "sub_%02x%02x%02x%02x%02x%02x%02x%02x", raw[0], raw[1], raw[2], raw[3],
+             raw[4], raw[5], raw[6], raw[7]);
     char *sealed = sbh_secret_seal(call->d->ring, id, secret, strlen(secret));
     char *events = json_dumps(json_object_get(b, "events"), JSON_COMPACT);
     char *inst = instances && !json_is_null(instances) ? json_dumps(instances, JSON_COMPACT) : NULL;

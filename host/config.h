@@ -20,7 +20,7 @@ struct sbh_plugin_conf {
     char *file; /* absolute path of the .so */
     char *webhook_path;
     enum sbh_isolation isolation;
-    json_t *config; /* the plugin's own section, handed to init() */
+    json_t *config;     /* the plugin's own section, handed to init() */
     json_t *allow_from; /* CIDRs allowed to call its webhooks, or NULL for anyone */
 };
 

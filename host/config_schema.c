@@ -24,10 +24,13 @@ static const struct field listen_fields[] = {
     {NULL, 0, NULL, 0, 0, NULL},
 };
 static const struct field plugin_fields[] = {
-    {"enabled", F_BOOL, NULL, 0, 0, NULL},        {"file", F_STRING, NULL, 0, 0, NULL},
-    {"webhook_path", F_STRING, NULL, 0, 0, NULL}, {"isolation", F_STRING, NULL, 0, 0, isolations},
+    {"enabled", F_BOOL, NULL, 0, 0, NULL},
+    {"file", F_STRING, NULL, 0, 0, NULL},
+    {"webhook_path", F_STRING, NULL, 0, 0, NULL},
+    {"isolation", F_STRING, NULL, 0, 0, isolations},
     {"config", F_OBJECT, NULL, 0, 0, NULL},
-    {"allow_from", F_STRLIST, NULL, 0, 0, NULL},       {NULL, 0, NULL, 0, 0, NULL},
+    {"allow_from", F_STRLIST, NULL, 0, 0, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
 };
 static const struct field instance_fields[] = {
     {"provider", F_STRING, NULL, 0, 0, NULL},
@@ -78,8 +81,8 @@ static const struct field top_fields[] = {
     {NULL, 0, NULL, 0, 0, NULL},
 };
 
-static const char *const type_names[] = {"a string",  "an integer", "true or false",
-                                         "an object", "an object",  "an object",
+static const char *const type_names[] = {"a string",           "an integer", "true or false",
+                                         "an object",          "an object",  "an object",
                                          "an array of strings"};
 
 static int fail(struct sbh_schema_error *err, const char *fmt, const char *arg)

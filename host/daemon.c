@@ -74,8 +74,8 @@ void sbh_daemon_apply_limits(struct sbh_daemon *d, const struct sbh_config *cfg)
     if (d->hook_limit)
         sbh_ratelimit_set(d->hook_limit, hook, sbh_config_uint(cfg, "limits", "webhook_burst", 0));
     if (d->http)
-        evhttp_set_max_body_size(d->http, sbh_config_uint(cfg, "limits", "max_body_bytes",
-                                                          1024 * 1024));
+        evhttp_set_max_body_size(d->http,
+                                 sbh_config_uint(cfg, "limits", "max_body_bytes", 1024 * 1024));
 }
 
 static void on_swaps_done(void *arg)

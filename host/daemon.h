@@ -63,7 +63,7 @@ struct sbh_daemon {
     unsigned api_inflight;
     struct sbh_ratelimit *api_limit;  /* per API key */
     struct sbh_ratelimit *hook_limit; /* per client address on webhooks */
-    int reload_wanted; /* a reload waits for a swap to end */
+    int reload_wanted;                /* a reload waits for a swap to end */
     int stopping;
     int exit_code;
 };

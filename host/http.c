@@ -143,8 +143,8 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
     sbh_metrics_add("switchboard_accept_errors_total", "accept() failures (listener paused)", 1,
                     SBH_END);
     sbh_log_fields(SB_LOG_WARN, "http", NULL, NULL,
-                   json_pack("{s:s, s:i}", "reason", evutil_socket_error_to_string(err),
-                             "pause_ms", ACCEPT_PAUSE_MS),
+                   json_pack("{s:s, s:i}", "reason", evutil_socket_error_to_string(err), "pause_ms",
+                             ACCEPT_PAUSE_MS),
                    "cannot accept connections; pausing the listener");
     event_base_once(d->base, -1, EV_TIMEOUT, resume_accepting, d, &pause);
 }

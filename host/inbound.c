@@ -214,9 +214,8 @@ static size_t collect(struct flush *f, json_t *known, json_t *ev_values, json_t 
                 free(body);
                 n_msgs++;
             } else if (!strcmp(type, "message.status")) {
-                json_array_append_new(*statuses,
-                                      json_pack("{s:s, s:O}", "instance", it->instance, "payload",
-                                                payload));
+                json_array_append_new(*statuses, json_pack("{s:s, s:O}", "instance", it->instance,
+                                                           "payload", payload));
             }
             json_array_append_new(it->envelopes, env);
         }
@@ -236,18 +235,20 @@ static int write_flush(MYSQL *conn, void *arg)
     size_t n_events = json_array_size(ev_values) / 4;
     /* Two statements for the whole batch, whatever its size. */
     if (n_events) {
-        char *sql = rows_sql("INSERT INTO webhook_events (instance_id, provider, provider_event_id, "
-                             "payload, received_at) VALUES ",
-                             "(?, ?, ?, ?, UTC_TIMESTAMP(6))", n_events, "");
+        char *sql =
+            rows_sql("INSERT INTO webhook_events (instance_id, provider, provider_event_id, "
+                     "payload, received_at) VALUES ",
+                     "(?, ?, ?, ?, UTC_TIMESTAMP(6))", n_events, "");
         rc = sql ? sbh_db_exec_json(conn, NULL, sql, ev_values) : SBH_DB_ERROR;
         free(sql);
     }
     if (rc == SBH_DB_OK && n_msgs) {
-        char *sql = rows_sql("INSERT INTO messages (id, instance_id, direction, state, sender, body, "
-                             "provider_message_id, created_at, updated_at) VALUES ",
-                             "(?, ?, 'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), "
-                             "UTC_TIMESTAMP(6))",
-                             n_msgs, "");
+        char *sql =
+            rows_sql("INSERT INTO messages (id, instance_id, direction, state, sender, body, "
+                     "provider_message_id, created_at, updated_at) VALUES ",
+                     "(?, ?, 'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), "
+                     "UTC_TIMESTAMP(6))",
+                     n_msgs, "");
         rc = sql ? sbh_db_exec_json(conn, NULL, sql, msg_values) : SBH_DB_ERROR;
         free(sql);
     }
@@ -263,10 +264,9 @@ static int write_flush(MYSQL *conn, void *arg)
         if (rc == SBH_DB_OK && matched == 0 && str_of(payload, "message_id") &&
             str_of(payload, "state"))
             json_array_append_new(f->early, json_pack("{s:O, s:O, s:O}", "instance",
-                                                       json_object_get(st, "instance"),
-                                                       "message_id",
-                                                       json_object_get(payload, "message_id"),
-                                                       "state", json_object_get(payload, "state")));
+                                                      json_object_get(st, "instance"), "message_id",
+                                                      json_object_get(payload, "message_id"),
+                                                      "state", json_object_get(payload, "state")));
     }
 out:
     json_decref(known);

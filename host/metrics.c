@@ -167,8 +167,8 @@ void sbh_metrics_observe(const char *name, const char *help, double value, ...)
         int inf = i == sizeof(buckets) / sizeof(buckets[0]);
         char le[32];
         snprintf(le, sizeof(le), inf ? "+Inf" : "%g", inf ? 0.0 : buckets[i]);
-        if (snprintf(with_le, sizeof(with_le), "%s%sle=\"%s\"", labels, labels[0] ? "," : "",
-                     le) >= (int)sizeof(with_le))
+        if (snprintf(with_le, sizeof(with_le), "%s%sle=\"%s\"", labels, labels[0] ? "," : "", le) >=
+            (int)sizeof(with_le))
             return;
         snprintf(series, sizeof(series), "%s_bucket", name);
         struct counter *c = series_get(series, with_le, name, help, 1);
@@ -188,9 +188,8 @@ void sbh_metrics_observe(const char *name, const char *help, double value, ...)
 void sbh_metrics_render(struct evbuffer *out)
 {
     for (size_t f = 0; f < n_families; f++) {
-        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name,
-                            families[f].help, families[f].name,
-                            families[f].histogram ? "histogram" : "counter");
+        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help,
+                            families[f].name, families[f].histogram ? "histogram" : "counter");
         for (size_t i = 0; i < n_counters; i++) {
             if (!in_family(&counters[i], &families[f]))
                 continue;

@@ -48,8 +48,8 @@ struct lane {
     struct msg_list delayed; /* sorted by due_ms */
     unsigned in_flight;
     enum breaker breaker;
-    unsigned failures; /* consecutive transient ones */
-    int gone;          /* its instance was deleted: results are dropped */
+    unsigned failures;      /* consecutive transient ones */
+    int gone;               /* its instance was deleted: results are dropped */
     TAILQ_ENTRY(lane) dead; /* gone and idle: freed at the end of the results turn */
     uint64_t open_until_ms;
     unsigned cooldown_ms;
@@ -84,8 +84,8 @@ struct sbh_outbox {
     struct sbh_outbox_conf conf;
     struct sbh_map *lanes; /* instance id -> lane */
     struct sbh_map *live;  /* message id -> msg */
-    json_t *recent; /* provider message id -> [message id, time]: just sent */
-    json_t *early;  /* provider message id -> [state, time]: status came first */
+    json_t *recent;        /* provider message id -> [message id, time]: just sent */
+    json_t *early;         /* provider message id -> [state, time]: status came first */
     struct accept *pending_head, **pending_tail;
     size_t pending_n;
     struct event *flush_ev;
@@ -247,7 +247,8 @@ static int breaker_allows(struct lane *lane)
         if (sbh_now_ms() < lane->open_until_ms)
             return 0;
         lane->breaker = B_HALF_OPEN;
-        sbh_log(SB_LOG_INFO, "outbox", NULL, lane->instance_id, "circuit breaker half-open: probing");
+        sbh_log(SB_LOG_INFO, "outbox", NULL, lane->instance_id,
+                "circuit breaker half-open: probing");
     }
     return lane->in_flight == 0; /* half-open: one probe at a time */
 }
@@ -291,10 +292,10 @@ static void persist_soon(struct sbh_outbox *ob);
 static void queue_update(struct sbh_outbox *ob, const struct msg *m, const char *state,
                          int terminal, uint64_t retry_in_ms)
 {
-    json_t *u = json_pack("{s:s, s:s, s:s?, s:i, s:s?, s:b, s:I}", "id", m->id, "state", state,
-                          "provider_message_id", m->provider_msg_id, "attempts", (int)m->attempts,
-                          "error", m->error, "terminal", terminal, "retry_in_ms",
-                          (json_int_t)retry_in_ms);
+    json_t *u =
+        json_pack("{s:s, s:s, s:s?, s:i, s:s?, s:b, s:I}", "id", m->id, "state", state,
+                  "provider_message_id", m->provider_msg_id, "attempts", (int)m->attempts, "error",
+                  m->error, "terminal", terminal, "retry_in_ms", (json_int_t)retry_in_ms);
     if (u)
         json_array_append_new(ob->updates, u);
     persist_soon(ob);
@@ -365,8 +366,9 @@ static void finish(struct msg *m, const char *state)
         free(lane->last_error);
         lane->last_error = m->error ? strdup(m->error) : NULL;
         count(lane, "switchboard_messages_failed_total", "Messages given up on");
-        sbh_log(SB_LOG_WARN, "outbox", NULL, lane->instance_id, "message %s failed after %u attempts: %s",
-                m->id, m->attempts, m->error ? m->error : "");
+        sbh_log(SB_LOG_WARN, "outbox", NULL, lane->instance_id,
+                "message %s failed after %u attempts: %s", m->id, m->attempts,
+                m->error ? m->error : "");
     }
     queue_update(ob, m, state, 1, 0);
     if (early)
@@ -663,12 +665,11 @@ static json_t *row_values(const json_t *row)
     char *body = json_dumps(json_object_get(row, "body"), JSON_COMPACT);
     json_t *degraded = json_object_get(row, "degraded");
     char *deg = json_is_array(degraded) ? json_dumps(degraded, JSON_COMPACT) : NULL;
-    json_t *v = json_pack("[O, O, O, s?, s?, O]", json_object_get(row, "id"),
-                          json_object_get(row, "instance_id"), json_object_get(row, "recipient"),
-                          body, deg,
-                          json_object_get(row, "idempotency_key")
-                              ? json_object_get(row, "idempotency_key")
-                              : json_null());
+    json_t *v =
+        json_pack("[O, O, O, s?, s?, O]", json_object_get(row, "id"),
+                  json_object_get(row, "instance_id"), json_object_get(row, "recipient"), body, deg,
+                  json_object_get(row, "idempotency_key") ? json_object_get(row, "idempotency_key")
+                                                          : json_null());
     free(body);
     free(deg);
     return v;
@@ -821,8 +822,8 @@ static void done_accepts(void *arg, int rc)
     }
     while (a) {
         struct accept *next = a->next;
-        const char *id = a->stored_id ? a->stored_id
-                                      : json_string_value(json_object_get(a->row, "id"));
+        const char *id =
+            a->stored_id ? a->stored_id : json_string_value(json_object_get(a->row, "id"));
         if (rc == SBH_DB_OK && !a->duplicate)
             enqueue(ob, id, json_string_value(json_object_get(a->row, "instance_id")),
                     json_incref(json_object_get(a->row, "body")), 0, 0);
@@ -951,13 +952,12 @@ json_t *sbh_outbox_instance_health(const struct sbh_outbox *ob, const char *inst
     if (!lane)
         return json_pack("{s:s, s:i, s:i, s:i}", "breaker", "closed", "queued", 0, "sent", 0,
                          "failed", 0);
-    json_t *h = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "breaker",
-                          breaker_names[lane->breaker], "queued",
-                          (json_int_t)(list_len(&lane->ready) + list_len(&lane->delayed)),
-                          "in_flight", (json_int_t)lane->in_flight, "sent",
-                          (json_int_t)lane->sent, "failed", (json_int_t)lane->failed, "retried",
-                          (json_int_t)lane->retried, "consecutive_failures",
-                          (json_int_t)lane->failures);
+    json_t *h =
+        json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "breaker", breaker_names[lane->breaker],
+                  "queued", (json_int_t)(list_len(&lane->ready) + list_len(&lane->delayed)),
+                  "in_flight", (json_int_t)lane->in_flight, "sent", (json_int_t)lane->sent,
+                  "failed", (json_int_t)lane->failed, "retried", (json_int_t)lane->retried,
+                  "consecutive_failures", (json_int_t)lane->failures);
     if (lane->last_success)
         json_object_set_new(h, "last_success", json_integer(lane->last_success));
     if (lane->last_failure)
@@ -1038,8 +1038,9 @@ void sbh_outbox_metrics(const struct sbh_outbox *ob, struct evbuffer *out)
     struct gauge_ctx g = {out};
     sbh_metrics_gauge(out, "switchboard_outbox_depth", "Messages accepted and not yet finished",
                       (double)sbh_outbox_depth(ob));
-    evbuffer_add_printf(out, "# HELP switchboard_breaker_state Circuit breaker per instance: "
-                             "0 closed, 1 open, 2 half-open\n# TYPE switchboard_breaker_state gauge\n");
+    evbuffer_add_printf(out,
+                        "# HELP switchboard_breaker_state Circuit breaker per instance: "
+                        "0 closed, 1 open, 2 half-open\n# TYPE switchboard_breaker_state gauge\n");
     sbh_map_each(ob->lanes, breaker_line, &g);
 }
 

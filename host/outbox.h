@@ -19,13 +19,13 @@
 #include "registry.h"
 
 struct sbh_outbox_conf {
-    unsigned max_attempts;       /* then the message is failed */
-    unsigned backoff_base_ms;    /* first retry waits up to this, doubling */
-    unsigned backoff_max_ms;     /* cap of one wait */
-    unsigned breaker_failures;   /* consecutive transient failures that open it */
+    unsigned max_attempts;        /* then the message is failed */
+    unsigned backoff_base_ms;     /* first retry waits up to this, doubling */
+    unsigned backoff_max_ms;      /* cap of one wait */
+    unsigned breaker_failures;    /* consecutive transient failures that open it */
     unsigned breaker_cooldown_ms; /* open this long before a probe, doubling */
-    unsigned max_in_flight;      /* per instance */
-    unsigned batch_max;          /* rows per accept transaction */
+    unsigned max_in_flight;       /* per instance */
+    unsigned batch_max;           /* rows per accept transaction */
 };
 
 /* The defaults: 8 attempts, 1 s .. 5 min backoff, breaker 5 failures / 30 s. */

@@ -62,13 +62,13 @@ struct sb_reply {
     struct sbh_registry *reg;
     struct evhttp_request *req; /* NULL once the client went away */
     struct sb_instance *inst;   /* set while the plugin holds it */
-    int abandoned; /* the host answered for the plugin, which still holds it */
-    json_t *events;   /* emitted while the plugin handled it: stored before the answer */
-    int ans_status;   /* the plugin's answer, kept while its events are stored */
+    int abandoned;              /* the host answered for the plugin, which still holds it */
+    json_t *events;             /* emitted while the plugin handled it: stored before the answer */
+    int ans_status;             /* the plugin's answer, kept while its events are stored */
     char *ans_type;
     char *ans_body;
     size_t ans_len;
-    char *route;                /* metrics label */
+    char *route; /* metrics label */
     char *instance_id;
     char *subpath; /* path after /webhook/<p>/<i>, "" when none */
     char *query;
@@ -162,14 +162,14 @@ struct sbh_registry {
     /* API-managed instances by id: {"provider", "settings", "enabled"}. They
      * outlive their plugin's slot and are placed again when it returns. */
     json_t *dynamic;
-    struct sbh_map *by_id; /* instance id -> sb_instance, across slots */
-    struct sbh_kv *kv; /* backs the kv_get/kv_set services; NULL: not offered */
-    struct sbh_inbound *inbound; /* stores emitted events; NULL: only the sink sees them */
-    struct sb_reply *current;    /* the webhook a plugin is handling right now */
-    size_t storing;              /* answers waiting for their events to be stored */
+    struct sbh_map *by_id;            /* instance id -> sb_instance, across slots */
+    struct sbh_kv *kv;                /* backs the kv_get/kv_set services; NULL: not offered */
+    struct sbh_inbound *inbound;      /* stores emitted events; NULL: only the sink sees them */
+    struct sb_reply *current;         /* the webhook a plugin is handling right now */
+    size_t storing;                   /* answers waiting for their events to be stored */
     struct sbh_ratelimit *hook_limit; /* per client address on webhook routes */
-    struct sbh_httpc *httpc; /* backs http_request/http_cancel; NULL: not offered */
-    struct sbh_wsc *wsc;     /* backs ws_connect/ws_send/ws_close; NULL: not offered */
+    struct sbh_httpc *httpc;          /* backs http_request/http_cancel; NULL: not offered */
+    struct sbh_wsc *wsc;              /* backs ws_connect/ws_send/ws_close; NULL: not offered */
 };
 
 /* services.c */

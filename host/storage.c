@@ -29,7 +29,7 @@
 #include <openssl/crypto.h>
 
 #define CONNECT_TRIES 30 /* one a second: a database starting beside us */
-#define POOL_WORKERS 4 /* accepts, results, inbound and the API overlap */
+#define POOL_WORKERS 4   /* accepts, results, inbound and the API overlap */
 #define KEY_REFRESH_S 10
 
 /* The master key ring: SWITCHBOARD_MASTER_KEY, else the key file (made on first use). */

@@ -155,7 +155,8 @@ static int contains(const json_t *arr, const char *s)
     size_t i;
     json_t *v;
     json_array_foreach (arr, i, v)
-        if (json_is_string(v) && (!strcmp(json_string_value(v), s) || !strcmp(json_string_value(v), "*")))
+        if (json_is_string(v) &&
+            (!strcmp(json_string_value(v), s) || !strcmp(json_string_value(v), "*")))
             return 1;
     return 0;
 }
@@ -379,7 +380,8 @@ static void match_one(const char *id, void *value, void *arg)
     struct match_ctx *m = arg;
     const char *type = json_string_value(json_object_get(m->env, "type"));
     const char *inst = json_string_value(json_object_get(m->env, "instance"));
-    if (!type || !inst || !contains(s->events, type) || (s->instances && !contains(s->instances, inst)))
+    if (!type || !inst || !contains(s->events, type) ||
+        (s->instances && !contains(s->instances, inst)))
         return;
     if (!m->payload && !(m->payload = json_dumps(m->env, JSON_COMPACT)))
         return;
@@ -399,8 +401,8 @@ void sbh_subs_publish(void *arg, const json_t *envelope)
 
 /* ---- life cycle ---- */
 
-static int load_subs(struct sbh_subs *subs, MYSQL *conn, const struct sbh_keyring *ring,
-                     char *why, size_t why_len)
+static int load_subs(struct sbh_subs *subs, MYSQL *conn, const struct sbh_keyring *ring, char *why,
+                     size_t why_len)
 {
     json_t *rows = NULL, *row;
     size_t i;
@@ -415,8 +417,8 @@ static int load_subs(struct sbh_subs *subs, MYSQL *conn, const struct sbh_keyrin
         const char *id = json_string_value(json_object_get(row, "id"));
         size_t len;
         char err[200];
-        unsigned char *secret = sbh_secret_open(ring, id, json_string_value(json_object_get(row, "secret")),
-                                                &len, err, sizeof(err));
+        unsigned char *secret = sbh_secret_open(
+            ring, id, json_string_value(json_object_get(row, "secret")), &len, err, sizeof(err));
         if (!secret) {
             sbh_log(SB_LOG_ERROR, "subscriptions", NULL, NULL,
                     "subscription %s: cannot open its secret: %s", id, err);

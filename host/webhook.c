@@ -188,8 +188,7 @@ int sbh_reply_answer(struct sb_reply *r, int status, const char *content_type, c
         return SB_OK;
     /* Events of a refused request are still the provider's: keep them. */
     if (r->events && r->reg->inbound && r->inst) {
-        sbh_inbound_store(r->reg->inbound, r->inst->slot->name, r->inst->id, r->events, NULL,
-                          NULL);
+        sbh_inbound_store(r->reg->inbound, r->inst->slot->name, r->inst->id, r->events, NULL, NULL);
         r->events = NULL;
     }
     if (r->req) {

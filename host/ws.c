@@ -87,8 +87,8 @@ struct sbh_wsc {
 
 static void count(const struct sb_ws *ws, const char *what)
 {
-    const char *prov = ws->gen && ws->gen->slot && ws->gen->slot->name ? ws->gen->slot->name
-                                                                          : "host";
+    const char *prov =
+        ws->gen && ws->gen->slot && ws->gen->slot->name ? ws->gen->slot->name : "host";
     sbh_metrics_add("switchboard_ws_events_total", "WebSocket client events, by provider", 1,
                     "provider", prov, "event", what, SBH_END);
 }
@@ -642,9 +642,14 @@ static int is_token(const char *s)
 
 static int reserved_header(const char *name)
 {
-    static const char *const names[] = {"Host", "Upgrade", "Connection", "Sec-WebSocket-Key",
-                                        "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
-                                        "Content-Length", "Transfer-Encoding"};
+    static const char *const names[] = {"Host",
+                                        "Upgrade",
+                                        "Connection",
+                                        "Sec-WebSocket-Key",
+                                        "Sec-WebSocket-Version",
+                                        "Sec-WebSocket-Extensions",
+                                        "Content-Length",
+                                        "Transfer-Encoding"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (!strcasecmp(name, names[i]))
             return 1;
@@ -787,8 +792,8 @@ static int open_transport(struct sb_ws *ws, char *why, size_t wl)
             SSL_set_tlsext_host_name(ws->ssl, ws->host);
             SSL_set1_host(ws->ssl, ws->host);
         }
-        ws->bev = bufferevent_openssl_socket_new(c->base, -1, ws->ssl,
-                                                 BUFFEREVENT_SSL_CONNECTING, opts);
+        ws->bev =
+            bufferevent_openssl_socket_new(c->base, -1, ws->ssl, BUFFEREVENT_SSL_CONNECTING, opts);
         if (ws->bev)
             bufferevent_openssl_set_allow_dirty_shutdown(ws->bev, 1);
     } else {

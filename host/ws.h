@@ -37,8 +37,8 @@ struct sb_plugin;
 struct sb_instance;
 
 #define SBH_WS_MAX_MESSAGE ((size_t)16 << 20)
-#define SBH_WS_CONNECT_TIMEOUT_MS 10000u /* TCP + TLS + upgrade */
-#define SBH_WS_CLOSE_TIMEOUT_MS 3000u    /* waiting for the peer's close frame */
+#define SBH_WS_CONNECT_TIMEOUT_MS 10000u     /* TCP + TLS + upgrade */
+#define SBH_WS_CLOSE_TIMEOUT_MS 3000u        /* waiting for the peer's close frame */
 #define SBH_WS_MAX_OUTPUT ((size_t)64 << 20) /* unsent bytes before sends are refused */
 
 /* A client on base; NULL (logged) on failure. */

@@ -85,8 +85,7 @@ static json_t *make_received(const struct echo_instance *ei, json_t *from, const
 }
 
 /* Hand an event to the host; emit_event steals the payload in every case. */
-static int emit_received(struct echo_instance *ei, json_t *from, const char *text,
-                         json_t *event_id)
+static int emit_received(struct echo_instance *ei, json_t *from, const char *text, json_t *event_id)
 {
     json_t *payload = make_received(ei, from, text);
 

@@ -33,10 +33,10 @@ static int instagram_start(sb_instance *inst, const json_t *settings, void **sta
     return mm_instance_start(&instagram, inst, settings, state);
 }
 
-SWITCHBOARD_PLUGIN_INIT(.name = "instagram", .version = "1.0.0",
-                        .description = "Instagram Messaging (Graph API DMs, story replies and mentions)",
-                        .capabilities = SB_CAP_MEDIA | SB_CAP_BUTTONS | SB_CAP_WEBHOOK,
-                        .settings_schema = INSTAGRAM_SCHEMA, .init = mm_init,
-                        .shutdown = mm_shutdown, .instance_start = instagram_start,
-                        .instance_stop = mm_instance_stop, .send = mm_send,
-                        .webhook = mm_webhook, .status = mm_status)
+SWITCHBOARD_PLUGIN_INIT(
+        .name = "instagram", .version = "1.0.0",
+        .description = "Instagram Messaging (Graph API DMs, story replies and mentions)",
+        .capabilities = SB_CAP_MEDIA | SB_CAP_BUTTONS | SB_CAP_WEBHOOK,
+        .settings_schema = INSTAGRAM_SCHEMA, .init = mm_init, .shutdown = mm_shutdown,
+        .instance_start = instagram_start, .instance_stop = mm_instance_stop, .send = mm_send,
+        .webhook = mm_webhook, .status = mm_status)

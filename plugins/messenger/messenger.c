@@ -45,5 +45,5 @@ SWITCHBOARD_PLUGIN_INIT(.name = "messenger", .version = "1.0.0",
                         .capabilities = SB_CAP_MEDIA | SB_CAP_BUTTONS | SB_CAP_WEBHOOK,
                         .settings_schema = MESSENGER_SCHEMA, .init = mm_init,
                         .shutdown = mm_shutdown, .instance_start = messenger_start,
-                        .instance_stop = mm_instance_stop, .send = mm_send,
-                        .webhook = mm_webhook, .status = mm_status)
+                        .instance_stop = mm_instance_stop, .send = mm_send, .webhook = mm_webhook,
+                        .status = mm_status)

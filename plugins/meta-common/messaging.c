@@ -63,12 +63,15 @@ void mm_shutdown(sb_plugin *self)
 static sb_http_call *graph_call(struct mm_instance *mi, const char *method, const char *edge,
                                 const json_t *body, sb_http_done_fn fn, void *arg)
 {
-    char *url = pu_printf("%s/%s/me%s%s", mi->api_base, mi->version, edge ? "/" : "",
-                          edge ? edge : "");
+    char *url =
+        pu_printf("%s/%s/me%s%s", mi->api_base, mi->version, edge ? "/" : "", edge ? edge : "");
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     sb_header headers[2] = {{"Authorization", mi->auth}, {"Content-Type", "application/json"}};
-    sb_http_request req = {.method = method, .url = url, .headers = headers,
-                           .n_headers = body ? 2 : 1, .body = (const unsigned char *)text,
+    sb_http_request req = {.method = method,
+                           .url = url,
+                           .headers = headers,
+                           .n_headers = body ? 2 : 1,
+                           .body = (const unsigned char *)text,
                            .body_len = text ? strlen(text) : 0};
     sb_http_call *call = NULL;
 
@@ -301,8 +304,7 @@ static json_t *build(struct mm_instance *mi, const json_t *msg, json_t **second,
     return envelope(msg, message);
 }
 
-int mm_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn done,
-            void *done_arg)
+int mm_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn done, void *done_arg)
 {
     struct mm_instance *mi = state;
     const char *why = NULL;
@@ -388,9 +390,10 @@ static int handle_message(struct mm_instance *mi, const json_t *item, const json
         json_object_del(ev, "text");
         return emit(mi, "interaction", ev);
     }
-    json_object_set_new(ev, "text", json_is_string(json_object_get(m, "text"))
-                                        ? json_incref(json_object_get(m, "text"))
-                                        : json_string(""));
+    json_object_set_new(ev, "text",
+                        json_is_string(json_object_get(m, "text"))
+                            ? json_incref(json_object_get(m, "text"))
+                            : json_string(""));
     if (json_is_true(json_object_get(m, "is_deleted")))
         json_object_set_new(ev, "deleted", json_true());
     if (json_is_object(reply_to)) {
@@ -419,11 +422,12 @@ static int handle_message(struct mm_instance *mi, const json_t *item, const json
 static int handle_postback(struct mm_instance *mi, const json_t *item, const json_t *pb)
 {
     const char *mid = json_string_value(json_object_get(pb, "mid"));
-    char *event_id = mid ? pu_strdup(mid)
-                         : pu_printf("postback:%s:%" JSON_INTEGER_FORMAT,
-                                     json_string_value(json_object_get(
-                                         json_object_get(item, "sender"), "id")) ?: "",
-                                     json_integer_value(json_object_get(item, "timestamp")));
+    char *event_id =
+        mid ? pu_strdup(mid)
+            : pu_printf("postback:%s:%" JSON_INTEGER_FORMAT,
+                        json_string_value(json_object_get(json_object_get(item, "sender"), "id"))
+                            ?: "",
+                        json_integer_value(json_object_get(item, "timestamp")));
     json_t *ev = base_event(item, event_id ? event_id : "postback", mid);
 
     free(event_id);
@@ -485,8 +489,8 @@ static int handle_item(struct mm_instance *mi, const json_t *item)
 void mm_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_reply *reply)
 {
     struct mm_instance *mi = state;
-    json_t *body = meta_webhook_front(host, plugin_self, inst, req, reply, mi->app_secret,
-                                      mi->verify_token);
+    json_t *body =
+        meta_webhook_front(host, plugin_self, inst, req, reply, mi->app_secret, mi->verify_token);
     json_t *entry, *item;
     const char *object;
     size_t i, j;
@@ -625,7 +629,9 @@ void mm_instance_stop(sb_instance *inst, void *state)
         host->http_cancel(mi->profile_call);
     while (mi->sends) {
         struct mm_send *s = mi->sends;
-        sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "instance_stopped",
+        sb_send_result res = {.ok = 0,
+                              .retryable = 1,
+                              .error_code = "instance_stopped",
                               .error_message = "the instance stopped before the answer came"};
 
         mi->sends = s->next;

@@ -43,7 +43,8 @@ static void sha256_block(struct sha256 *s, const unsigned char *p)
     a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3];
     e = s->h[4], f = s->h[5], g = s->h[6], h = s->h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
+        uint32_t t1 =
+            h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
         uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
     }
@@ -320,7 +321,8 @@ void meta_graph_result(const sb_http_response *resp, struct meta_result *out)
              msg ? msg : "the Graph API refused the request", details ? ": " : "",
              details ? details : "", resp->status, type ? ", " : "", type ? type : "",
              trace ? ", fbtrace_id " : "", trace ? trace : "");
-    out->retryable = resp->status >= 500 || resp->status == 429 || meta_is_throttle_code(out->code) ||
+    out->retryable = resp->status >= 500 || resp->status == 429 ||
+                     meta_is_throttle_code(out->code) ||
                      json_is_true(json_object_get(err, "is_transient"));
     /* An auth error is never worth retrying, whatever the status. */
     if (is_auth_code(out->code, out->subcode) || (resp->status == 401 && !out->code)) {

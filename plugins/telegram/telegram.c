@@ -56,7 +56,7 @@
     "\"bot_token\":{\"type\":\"string\",\"minLength\":1,\"writeOnly\":true,"                       \
     "\"description\":\"Bot API token from @BotFather\"},"                                          \
     "\"mode\":{\"type\":\"string\",\"enum\":[\"webhook\",\"polling\"],"                            \
-    "\"description\":\"webhook (needs public_url and webhook_secret) or polling (default)\"},"    \
+    "\"description\":\"webhook (needs public_url and webhook_secret) or polling (default)\"},"     \
     "\"webhook_secret\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":256,"                   \
     "\"pattern\":\"^[A-Za-z0-9_-]+$\",\"writeOnly\":true,"                                         \
     "\"description\":\"secret_token for setWebhook, checked on every webhook\"},"                  \
@@ -65,15 +65,15 @@
     "<public_url>/webhook/telegram/<instance id>\"},"                                              \
     "\"allowed_updates\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"                    \
     "\"api_base\":{\"type\":\"string\",\"minLength\":1,"                                           \
-    "\"description\":\"Bot API base URL (default https://api.telegram.org)\"},"                   \
+    "\"description\":\"Bot API base URL (default https://api.telegram.org)\"},"                    \
     "\"poll_timeout\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":50,"                         \
     "\"description\":\"getUpdates long-poll timeout in seconds (default 25)\"},"                   \
-    "\"pace_chat_ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":60000,"                       \
-    "\"description\":\"least time between two sends to one private chat (default 1000, 0 off)\"},"  \
-    "\"pace_group_ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":600000,"                     \
-    "\"description\":\"least time between two sends to one group or channel (default 3000)\"},"     \
+    "\"pace_chat_ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":60000,"                      \
+    "\"description\":\"least time between two sends to one private chat (default 1000, 0 off)\"}," \
+    "\"pace_group_ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":600000,"                    \
+    "\"description\":\"least time between two sends to one group or channel (default 3000)\"},"    \
     "\"pace_global_per_second\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":100000,"           \
-    "\"description\":\"most sends of the bot in any second (default 30, 0 off)\"}"                  \
+    "\"description\":\"most sends of the bot in any second (default 30, 0 off)\"}"                 \
     "},\"required\":[\"bot_token\"],\"additionalProperties\":false}"
 
 struct tg_instance;
@@ -127,10 +127,10 @@ struct tg_instance {
     uint64_t pace_timer_at;
     uint64_t *ring; /* dispatch times of the last pace_global sends */
     size_t ring_n, ring_pos;
-    struct tg_chat **chats; /* TG_CHAT_BUCKETS */
+    struct tg_chat **chats;   /* TG_CHAT_BUCKETS */
     size_t n_chats, sweep_at; /* entries; a full sweep when n_chats reaches sweep_at */
-    unsigned long paced;    /* sends that had to wait */
-    int pumping, pump_again; /* pump() is not re-entered (done may send) */
+    unsigned long paced;      /* sends that had to wait */
+    int pumping, pump_again;  /* pump() is not re-entered (done may send) */
 };
 
 static const sb_host_services *host;
@@ -166,15 +166,20 @@ static void on_answer(void *arg, const sb_http_response *resp)
  * POST <api_base>/bot<token>/<method> with body (JSON when content_type is
  * NULL). Returns the call, or NULL when it could not start (fn not called).
  */
-static struct tg_call *tg_request(struct tg_instance *ti, const char *method,
-                                  const void *body, size_t len, const char *content_type,
-                                  uint32_t timeout_ms, tg_call_fn fn)
+static struct tg_call *tg_request(struct tg_instance *ti, const char *method, const void *body,
+                                  size_t len, const char *content_type, uint32_t timeout_ms,
+                                  tg_call_fn fn)
 {
     struct tg_call *c = calloc(1, sizeof(*c));
     char *url = pu_printf("%s/bot%s/%s", ti->api_base, ti->token, method);
     sb_header headers[1] = {{"Content-Type", content_type ? content_type : "application/json"}};
-    sb_http_request req = {.method = "POST", .url = url, .headers = headers, .n_headers = 1,
-                           .body = body, .body_len = len, .timeout_ms = timeout_ms};
+    sb_http_request req = {.method = "POST",
+                           .url = url,
+                           .headers = headers,
+                           .n_headers = 1,
+                           .body = body,
+                           .body_len = len,
+                           .timeout_ms = timeout_ms};
 
     if (!c || !url) {
         free(c);
@@ -305,8 +310,8 @@ static json_t *user_of(const json_t *u)
 /* The largest size of a photo (the array is ordered smallest first). */
 static json_t *media_of(const json_t *m)
 {
-    static const char *const kinds[] = {"document", "video", "audio", "voice", "animation",
-                                        "sticker", "video_note", NULL};
+    static const char *const kinds[] = {"document",  "video",   "audio",      "voice",
+                                        "animation", "sticker", "video_note", NULL};
     json_t *photo = json_object_get(m, "photo"), *f = NULL, *out;
     const char *kind = NULL;
 
@@ -391,9 +396,9 @@ static json_t *callback_event(const json_t *cq, const char *event_id)
     json_object_set_new(ev, "interaction_id", id_string(json_object_get(cq, "id")));
     /* The button's id, as the send gave it (callback_data). */
     json_object_set_new(ev, "id", id_string(json_object_get(cq, "data")));
-    json_object_set_new(ev, "from", id_string(chat_id ? chat_id
-                                                      : json_object_get(json_object_get(cq, "from"),
-                                                                        "id")));
+    json_object_set_new(
+        ev, "from",
+        id_string(chat_id ? chat_id : json_object_get(json_object_get(cq, "from"), "id")));
     json_object_set_new(ev, "sender", user_of(json_object_get(cq, "from")));
     if (json_is_object(msg))
         json_object_set_new(ev, "message_id", id_string(json_object_get(msg, "message_id")));
@@ -411,9 +416,9 @@ static int process_update(struct tg_instance *ti, const json_t *upd)
     static const struct {
         const char *field;
         int edited;
-    } kinds[] = {{"message", 0}, {"edited_message", 1}, {"channel_post", 0},
-                 {"edited_channel_post", 1}, {"business_message", 0},
-                 {"edited_business_message", 1}};
+    } kinds[] = {{"message", 0},          {"edited_message", 1},
+                 {"channel_post", 0},     {"edited_channel_post", 1},
+                 {"business_message", 0}, {"edited_business_message", 1}};
     char event_id[40];
     json_t *cq;
 
@@ -521,8 +526,8 @@ static void poll_now(void *arg)
     if (ti->allowed_updates)
         json_object_set(body, "allowed_updates", ti->allowed_updates);
     /* The host's client waits longer than the long poll itself. */
-    if (!body || !tg_request_json(ti, "getUpdates", body,
-                                  (uint32_t)(ti->poll_timeout + 15) * 1000u, on_updates))
+    if (!body || !tg_request_json(ti, "getUpdates", body, (uint32_t)(ti->poll_timeout + 15) * 1000u,
+                                  on_updates))
         schedule(ti, next_backoff(ti), poll_now);
     json_decref(body);
 }
@@ -760,11 +765,12 @@ static void on_sent(struct tg_call *c, const sb_http_response *resp, json_t *doc
 /* Put the request on the wire; a failure to start is a retryable failure. */
 static void dispatch(struct tg_instance *ti, struct tg_pending *p)
 {
-    struct tg_call *c =
-        tg_request(ti, p->method, p->body, p->len, p->content_type, 0, on_sent);
+    struct tg_call *c = tg_request(ti, p->method, p->body, p->len, p->content_type, 0, on_sent);
 
     if (!c) {
-        sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "transport",
+        sb_send_result res = {.ok = 0,
+                              .retryable = 1,
+                              .error_code = "transport",
                               .error_message = "could not start the Bot API request"};
         ti->failed++;
         p->done(p->done_arg, &res);
@@ -835,8 +841,8 @@ again:
     }
     if (wake != UINT64_MAX && !ti->pace_timer) {
         ti->pace_timer_at = wake;
-        ti->pace_timer = host->timer_start(plugin_self, ti->inst, (uint32_t)(wake - now), 0,
-                                           pace_fire, ti);
+        ti->pace_timer =
+            host->timer_start(plugin_self, ti->inst, (uint32_t)(wake - now), 0, pace_fire, ti);
         if (!ti->pace_timer)
             host->log(plugin_self, ti->inst, SB_LOG_ERROR, "could not start the pacing timer");
     }
@@ -916,8 +922,7 @@ static void on_sent(struct tg_call *c, const sb_http_response *resp, json_t *doc
     }
     {
         int ec = tg_error_code(resp, doc);
-        json_t *migrate =
-            json_object_get(json_object_get(doc, "parameters"), "migrate_to_chat_id");
+        json_t *migrate = json_object_get(json_object_get(doc, "parameters"), "migrate_to_chat_id");
 
         res.retryable = ec == 429 || ec >= 500 || resp->status >= 500;
         res.retry_after_ms = res.retryable ? tg_retry_after(resp, doc) : 0;
@@ -971,15 +976,14 @@ static const char *common_fields(json_t *body, const json_t *msg)
     json_t *quick = json_object_get(msg, "quick_replies"), *b;
     size_t i;
 
-    json_object_set_new(body, "chat_id",
-                        chat_id_of(json_string_value(json_object_get(msg, "to"))));
+    json_object_set_new(body, "chat_id", chat_id_of(json_string_value(json_object_get(msg, "to"))));
     if (reply_to) {
         json_t *id = integer_of(reply_to);
         if (!id)
             return "reply_to must be a Telegram message_id (an integer)";
-        json_object_set_new(body, "reply_parameters",
-                            json_pack("{s:o,s:b}", "message_id", id,
-                                      "allow_sending_without_reply", 1));
+        json_object_set_new(
+            body, "reply_parameters",
+            json_pack("{s:o,s:b}", "message_id", id, "allow_sending_without_reply", 1));
     }
     if (thread) {
         json_t *id = integer_of(thread);
@@ -1001,8 +1005,9 @@ static const char *common_fields(json_t *body, const json_t *msg)
                 json_decref(rows);
                 return "a button id must be 1 to 64 bytes on Telegram (callback_data)";
             }
-            json_array_append_new(rows, json_pack("[{s:O,s:s}]", "text", json_object_get(b, "title"),
-                                                  "callback_data", id));
+            json_array_append_new(
+                rows,
+                json_pack("[{s:O,s:s}]", "text", json_object_get(b, "title"), "callback_data", id));
         }
         json_object_set_new(body, "reply_markup", json_pack("{s:o}", "inline_keyboard", rows));
     } else if (json_is_array(quick)) {
@@ -1098,9 +1103,8 @@ static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
             const char *field, *url = json_string_value(json_object_get(media, "url"));
             char *caption = caption_of(msg, media);
 
-            method = media_method(pu_media_kind(json_string_value(json_object_get(media,
-                                                                                   "mime_type"))),
-                                  &field);
+            method = media_method(
+                pu_media_kind(json_string_value(json_object_get(media, "mime_type"))), &field);
             if (caption)
                 json_object_set_new(body, "caption", json_string(caption));
             free(caption);
@@ -1209,8 +1213,8 @@ static int tg_instance_start(sb_instance *inst, const json_t *settings, void **s
     ti->public_url = trim_slash(pu_json_strdup(settings, "public_url", NULL));
     ti->api_base = trim_slash(pu_json_strdup(settings, "api_base", TG_DEFAULT_BASE));
     ti->webhook_mode = mode && !strcmp(mode, "webhook");
-    ti->poll_timeout = json_is_integer(timeout) ? (int)json_integer_value(timeout)
-                                                : TG_DEFAULT_POLL_TIMEOUT;
+    ti->poll_timeout =
+        json_is_integer(timeout) ? (int)json_integer_value(timeout) : TG_DEFAULT_POLL_TIMEOUT;
     if (json_is_array(allowed))
         ti->allowed_updates = json_deep_copy(allowed);
     ti->queue_tail = &ti->queue;
@@ -1255,7 +1259,9 @@ static void tg_instance_stop(sb_instance *inst, void *state)
         host->timer_cancel(ti->pace_timer);
     while (ti->queue) {
         struct tg_pending *p = ti->queue;
-        sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "instance_stopped",
+        sb_send_result res = {.ok = 0,
+                              .retryable = 1,
+                              .error_code = "instance_stopped",
                               .error_message = "the instance stopped before the message went out"};
 
         ti->queue = p->next;
@@ -1268,7 +1274,9 @@ static void tg_instance_stop(sb_instance *inst, void *state)
         ti->calls = c->next;
         host->http_cancel(c->call);
         if (c->done) {
-            sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "instance_stopped",
+            sb_send_result res = {.ok = 0,
+                                  .retryable = 1,
+                                  .error_code = "instance_stopped",
                                   .error_message = "the instance stopped before the answer came"};
             c->done(c->done_arg, &res);
         }

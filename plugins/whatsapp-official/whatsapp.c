@@ -36,7 +36,7 @@
 #define WA_SCHEMA                                                                                  \
     "{\"type\":\"object\",\"properties\":{"                                                        \
     "\"phone_number_id\":{\"type\":\"string\",\"minLength\":1,"                                    \
-    "\"description\":\"the business phone number's id\"},"                                        \
+    "\"description\":\"the business phone number's id\"},"                                         \
     "\"waba_id\":{\"type\":\"string\",\"description\":\"WhatsApp Business Account id\"},"          \
     "\"access_token\":{\"type\":\"string\",\"minLength\":1,\"writeOnly\":true},"                   \
     "\"app_secret\":{\"type\":\"string\",\"minLength\":1,\"writeOnly\":true,"                      \
@@ -129,13 +129,16 @@ static void send_done(struct wa_send *s, const struct meta_result *r, const char
 }
 
 static sb_http_call *graph_post(struct wa_instance *wi, const char *edge, const void *body,
-                                size_t len, const char *content_type, sb_http_done_fn fn,
-                                void *arg)
+                                size_t len, const char *content_type, sb_http_done_fn fn, void *arg)
 {
     char *url = pu_printf("%s/%s/%s/%s", wi->api_base, wi->version, wi->phone_id, edge);
     sb_header headers[2] = {{"Content-Type", content_type}, {"Authorization", wi->auth}};
-    sb_http_request req = {.method = "POST", .url = url, .headers = headers, .n_headers = 2,
-                           .body = body, .body_len = len};
+    sb_http_request req = {.method = "POST",
+                           .url = url,
+                           .headers = headers,
+                           .n_headers = 2,
+                           .body = body,
+                           .body_len = len};
     sb_http_call *call;
 
     if (!url)
@@ -154,8 +157,8 @@ static void on_message_answer(void *arg, const sb_http_response *resp)
     meta_graph_result(resp, &r);
     credentials_seen(s->wi, &r);
     send_done(s, &r,
-              json_string_value(json_object_get(
-                  json_array_get(json_object_get(r.body, "messages"), 0), "id")));
+              json_string_value(
+                  json_object_get(json_array_get(json_object_get(r.body, "messages"), 0), "id")));
     json_decref(r.body);
     send_free(s);
 }
@@ -167,8 +170,8 @@ static int post_message(struct wa_send *s)
 
     if (!text)
         return -1;
-    s->call = graph_post(s->wi, "messages", text, strlen(text), "application/json",
-                         on_message_answer, s);
+    s->call =
+        graph_post(s->wi, "messages", text, strlen(text), "application/json", on_message_answer, s);
     free(text);
     return s->call ? 0 : -1;
 }
@@ -284,9 +287,9 @@ static json_t *interactive_of(struct wa_instance *wi, const json_t *msg, const j
     inter = json_pack("{s:s,s:{s:s}}", "type", list ? "list" : "button", "body", "text",
                       text && *text ? text : "\u2063");
     if (list)
-        json_object_set_new(inter, "action",
-                            json_pack("{s:s,s:[{s:o}]}", "button", wi->list_button, "sections",
-                                      "rows", items));
+        json_object_set_new(
+            inter, "action",
+            json_pack("{s:s,s:[{s:o}]}", "button", wi->list_button, "sections", "rows", items));
     else
         json_object_set_new(inter, "action", json_pack("{s:o}", "buttons", items));
     return inter;
@@ -343,8 +346,9 @@ static json_t *build_message(struct wa_instance *wi, const json_t *msg, json_t *
         json_object_set_new(body, kind, *media_slot);
     } else {
         json_object_set_new(body, "type", json_string("text"));
-        json_object_set_new(body, "text", json_pack("{s:O,s:b}", "body", json_object_get(msg, "text"),
-                                                    "preview_url", 0));
+        json_object_set_new(
+            body, "text",
+            json_pack("{s:O,s:b}", "body", json_object_get(msg, "text"), "preview_url", 0));
     }
     /* Only an upload needs the slot afterwards. */
     if (!(json_is_object(media) && json_object_get(media, "data_base64")))
@@ -361,7 +365,8 @@ static int wa_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
     int rc;
 
     if (!json_is_string(json_object_get(msg, "to"))) {
-        sb_send_result res = {.error_code = "invalid_message", .error_message = "\"to\" is required"};
+        sb_send_result res = {.error_code = "invalid_message",
+                              .error_message = "\"to\" is required"};
         done(done_arg, &res);
         return 0;
     }
@@ -437,8 +442,8 @@ static json_t *media_event(const json_t *m, const char *type)
 /* One messages[] item -> (type, payload); payload is new. */
 static json_t *message_event(const json_t *value, const json_t *m, const char **type)
 {
-    static const char *const media_types[] = {"image", "video", "audio", "document", "sticker",
-                                              NULL};
+    static const char *const media_types[] = {"image",    "video",   "audio",
+                                              "document", "sticker", NULL};
     const char *mtype = json_string_value(json_object_get(m, "type"));
     const char *from = json_string_value(json_object_get(m, "from"));
     const char *name = contact_name(value, from);
@@ -470,8 +475,8 @@ static json_t *message_event(const json_t *value, const json_t *m, const char **
         if (!strcmp(mtype, media_types[i])) {
             json_t *caption = json_object_get(json_object_get(m, mtype), "caption");
             json_object_set_new(ev, "media", media_event(m, mtype));
-            json_object_set_new(ev, "text", json_is_string(caption) ? json_incref(caption)
-                                                                    : json_string(""));
+            json_object_set_new(ev, "text",
+                                json_is_string(caption) ? json_incref(caption) : json_string(""));
             return ev;
         }
     if (!strcmp(mtype, "button")) {
@@ -523,8 +528,8 @@ static json_t *status_event(const json_t *st)
     const char *id = json_string_value(json_object_get(st, "id"));
     const char *status = json_string_value(json_object_get(st, "status"));
     char *event_id = pu_printf("%s:%s", id ? id : "", status ? status : "");
-    json_t *ev = json_pack("{s:s?,s:s?,s:s?}", "event_id", event_id, "message_id", id, "state",
-                           status);
+    json_t *ev =
+        json_pack("{s:s?,s:s?,s:s?}", "event_id", event_id, "message_id", id, "state", status);
     json_t *err = json_array_get(json_object_get(st, "errors"), 0);
 
     free(event_id);
@@ -539,7 +544,10 @@ static json_t *status_event(const json_t *st)
         const char *details =
             json_string_value(json_object_get(json_object_get(err, "error_data"), "details"));
         char *reason = pu_printf("%s (code %" JSON_INTEGER_FORMAT ")%s%s",
-                                 details ? details : msg ? msg : title ? title : "failed",
+                                 details ? details
+                                 : msg   ? msg
+                                 : title ? title
+                                         : "failed",
                                  json_integer_value(json_object_get(err, "code")),
                                  title && details ? ": " : "", title && details ? title : "");
         if (reason)
@@ -577,8 +585,9 @@ static int handle_value(struct wa_instance *wi, const json_t *value)
         wi->statuses++;
     }
     json_array_foreach (json_object_get(value, "errors"), i, m)
-        host->log(plugin_self, wi->inst, SB_LOG_WARN, "WhatsApp reported error %" JSON_INTEGER_FORMAT
-                  ": %s", json_integer_value(json_object_get(m, "code")),
+        host->log(plugin_self, wi->inst, SB_LOG_WARN,
+                  "WhatsApp reported error %" JSON_INTEGER_FORMAT ": %s",
+                  json_integer_value(json_object_get(m, "code")),
                   json_string_value(json_object_get(m, "title")) ?: "");
     return 0;
 }
@@ -586,8 +595,8 @@ static int handle_value(struct wa_instance *wi, const json_t *value)
 static void wa_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_reply *reply)
 {
     struct wa_instance *wi = state;
-    json_t *body = meta_webhook_front(host, plugin_self, inst, req, reply, wi->app_secret,
-                                      wi->verify_token);
+    json_t *body =
+        meta_webhook_front(host, plugin_self, inst, req, reply, wi->app_secret, wi->verify_token);
     json_t *entry, *change;
     size_t i, j;
     int rc = 0;
@@ -704,7 +713,9 @@ static void wa_instance_stop(sb_instance *inst, void *state)
         host->http_cancel(wi->probe);
     while (wi->sends) {
         struct wa_send *s = wi->sends;
-        sb_send_result res = {.ok = 0, .retryable = 1, .error_code = "instance_stopped",
+        sb_send_result res = {.ok = 0,
+                              .retryable = 1,
+                              .error_code = "instance_stopped",
                               .error_message = "the instance stopped before the answer came"};
 
         wi->sends = s->next;
