@@ -760,8 +760,8 @@ static int upload_complete(struct sl_send *s)
     char *url = pu_printf("%s/files.completeUploadExternal", s->owner->api_base);
     int rc = -1;
     if (url && !b.oom && b.p)
-        rc = upload_request(s, url, "application/x-www-form-urlencoded",
-                            (const unsigned char *)b.p, b.len, 1);
+        rc = upload_request(s, url, "application/x-www-form-urlencoded", (const unsigned char *)b.p,
+                            b.len, 1);
     free(url);
     pu_buf_free(&b);
     return rc;
@@ -876,8 +876,8 @@ static int send_upload(struct sl_instance *si, const json_t *m, sb_send_done_fn 
         if (!pu_jstr(copy, "text") && comment)
             json_object_set_new(copy, "text", json_string(comment));
         json_t *rendered = copy ? render(copy) : NULL;
-        char *blocks = rendered ? json_dumps(json_object_get(rendered, "blocks"), JSON_COMPACT)
-                                : NULL;
+        char *blocks =
+            rendered ? json_dumps(json_object_get(rendered, "blocks"), JSON_COMPACT) : NULL;
         if (blocks)
             form_add(&cb, "blocks", blocks);
         else
@@ -903,8 +903,8 @@ static int send_upload(struct sl_instance *si, const json_t *m, sb_send_done_fn 
     if (url && s->title && s->complete_body && !b.oom) {
         s->next = si->sends;
         si->sends = s;
-        rc = upload_request(s, url, "application/x-www-form-urlencoded",
-                            (const unsigned char *)b.p, b.len, 1);
+        rc = upload_request(s, url, "application/x-www-form-urlencoded", (const unsigned char *)b.p,
+                            b.len, 1);
         if (rc < 0)
             send_unlink(s);
     }

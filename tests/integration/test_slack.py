@@ -1,7 +1,8 @@
 """The slack plugin end to end: Events API requests (signatures good, bad,
 stale; url_verification; retries deduplicated), slash commands and
 interactive payloads, Socket Mode (envelopes acked, disconnect and
-reconnect), and chat.postMessage sends (bodies, 429, Slack errors), all
+reconnect), chat.postMessage sends (bodies, 429, Slack errors) and file
+uploads (getUploadURLExternal, the bytes, completeUploadExternal), all
 against the fake Slack of fakes/slack.py."""
 
 import base64
@@ -284,6 +285,20 @@ def test_send_file_upload_end_to_end(make_daemon, fake):
     args = fake.params(fake.calls("files.completeUploadExternal")[1])
     assert args["initial_comment"] == "just a caption" and "thread_ts" not in args, args
     assert fake.params(fake.calls("files.getUploadURLExternal")[1])["length"] == "2"
+
+
+def test_send_file_upload_with_buttons(make_daemon, fake):
+    d = start(make_daemon, fake)
+    acc = send(d, "sl", {"to": "C123", "text": "Approve?", "buttons": [{"id": "y", "title": "Yes"}],
+                         "media": {"data_base64": base64.b64encode(b"doc").decode(),
+                                   "mime_type": "application/pdf", "filename": "a.pdf"}})
+    wait_state(d, acc["id"], "sent")
+    args = fake.params(fake.calls("files.completeUploadExternal")[0])
+    assert "initial_comment" not in args, args
+    blocks = json.loads(args["blocks"])
+    assert blocks[0] == {"type": "section", "text": {"type": "mrkdwn", "text": "Approve?"}}, blocks
+    assert blocks[1]["type"] == "actions" and blocks[1]["elements"][0]["action_id"] == "y", blocks
+    assert json.loads(args["files"])[0]["title"] == "a.pdf", args
 
 
 def test_send_file_upload_step1_error_fails(make_daemon, fake):
