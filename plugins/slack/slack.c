@@ -750,12 +750,12 @@ static int upload_complete(struct sl_send *s)
     json_t *files = json_pack("[{s:s,s:s}]", "id", s->file_id, "title", s->title);
     char *ftext = files ? json_dumps(files, JSON_COMPACT) : NULL;
     json_decref(files);
+    if (!ftext)
+        return -1;
     struct pu_buf b = {0};
-    if (ftext)
-        form_add(&b, "files", ftext);
+    form_add(&b, "files", ftext);
     free(ftext);
-    if (b.len)
-        pu_buf_add(&b, "&", 1);
+    pu_buf_add(&b, "&", 1);
     pu_buf_str(&b, s->complete_body);
     char *url = pu_printf("%s/files.completeUploadExternal", s->owner->api_base);
     int rc = -1;
@@ -788,11 +788,11 @@ static void on_upload_answer(void *arg, const sb_http_response *resp)
 {
     struct sl_send *s = arg;
     s->call = NULL;
+    send_unlink(s); /* back on the list only while a next request is in flight */
     json_t *body = NULL;
     if (s->step != STEP_UPLOAD && resp->body_len)
         body = json_loadb((const char *)resp->body, resp->body_len, 0, NULL);
     if (!answer_ok(s, resp, body)) {
-        send_unlink(s);
         json_decref(body);
         send_free(s);
         return;
@@ -801,7 +801,6 @@ static void on_upload_answer(void *arg, const sb_http_response *resp)
     if (s->step == STEP_GET_URL) {
         const char *up = pu_jstr(body, "upload_url"), *fid = pu_jstr(body, "file_id");
         if (!up || !fid) {
-            send_unlink(s);
             finish_fail(s, 0, 0, "bad_answer",
                         "files.getUploadURLExternal: no upload_url or file_id in the answer");
             json_decref(body);
@@ -817,7 +816,6 @@ static void on_upload_answer(void *arg, const sb_http_response *resp)
         rc = upload_complete(s);
     } else {
         const char *ts = share_ts(body);
-        send_unlink(s);
         finish_ok(s, ts ? ts : s->file_id);
         json_decref(body);
         send_free(s);
@@ -825,10 +823,12 @@ static void on_upload_answer(void *arg, const sb_http_response *resp)
     }
     json_decref(body);
     if (rc < 0) {
-        send_unlink(s);
         finish_fail(s, 1, 0, "transport", "could not start the next upload request");
         send_free(s);
+        return;
     }
+    s->next = s->owner->sends;
+    s->owner->sends = s;
 }
 
 /*
