@@ -26,6 +26,16 @@
  * Retry-After, "ratelimited" and Slack's transient errors are retryable; other
  * {"ok":false,"error"} answers are permanent with Slack's error code.
  *
+ * Media given as data_base64 are real file uploads, three requests chained
+ * through the host's http_request: files.getUploadURLExternal (filename,
+ * length) -> {upload_url, file_id}; the bytes POSTed to upload_url (no token:
+ * the URL is pre-signed); files.completeUploadExternal (files=[{id,title}],
+ * channel_id, initial_comment = the text or caption, thread_ts; with buttons,
+ * their blocks instead of the comment). A failure at any step fails the send
+ * with the same mapping, so a retry starts again from step 1. The message id
+ * is the share's ts when Slack returns one, else the file id. Media given by
+ * url are not downloaded: an image block, or a link in the text.
+ *
  * HMAC-SHA256 comes from libcrypto (hashing only; all I/O is the host's).
  */
 #include <stddef.h>
@@ -66,12 +76,22 @@
 
 struct sl_instance;
 
+/* A file upload's steps (chat.postMessage sends are STEP_POST). */
+enum sl_step { STEP_POST, STEP_GET_URL, STEP_UPLOAD, STEP_COMPLETE };
+
 struct sl_send {
     struct sl_send *next;
     struct sl_instance *owner;
     sb_http_call *call;
     sb_send_done_fn done;
     void *done_arg;
+    /* file uploads only */
+    enum sl_step step;
+    unsigned char *data;
+    size_t len;
+    char *file_id;
+    char *complete_body; /* files.completeUploadExternal form, less the files field */
+    char *title;
 };
 
 /* One Socket Mode connection. */
@@ -548,37 +568,85 @@ static int transient_error(const char *e)
     return 0;
 }
 
-static void on_send_answer(void *arg, const sb_http_response *resp)
+static void send_free(struct sl_send *s)
 {
-    struct sl_send *s = arg;
-    send_unlink(s);
-    json_t *body =
-        resp->body_len ? json_loadb((const char *)resp->body, resp->body_len, 0, NULL) : NULL;
-    char code[48], msg[160];
+    free(s->data);
+    free(s->file_id);
+    free(s->complete_body);
+    free(s->title);
+    free(s);
+}
+
+static const char *step_name(enum sl_step step)
+{
+    switch (step) {
+    case STEP_GET_URL:
+        return "files.getUploadURLExternal";
+    case STEP_UPLOAD:
+        return "file upload";
+    case STEP_COMPLETE:
+        return "files.completeUploadExternal";
+    default:
+        return "chat.postMessage";
+    }
+}
+
+/*
+ * Shared error mapping: 1 when resp is a success (for Web API methods, 200 with
+ * "ok":true), else 0 after failing the send (the caller then frees it).
+ */
+static int answer_ok(struct sl_send *s, const sb_http_response *resp, const json_t *body)
+{
+    char code[48], msg[200];
     if (resp->status == 0) {
         finish_fail(s, 1, 0, "transport", resp->error ? resp->error : "no answer");
     } else if (resp->status == 429) {
-        finish_fail(s, 1, pu_retry_after_header(resp), "ratelimited",
-                    "Slack answered 429 Too Many Requests");
+        snprintf(msg, sizeof(msg), "%s: Slack answered 429 Too Many Requests", step_name(s->step));
+        finish_fail(s, 1, pu_retry_after_header(resp), "ratelimited", msg);
     } else if (resp->status >= 500) {
         snprintf(code, sizeof(code), "http_%d", resp->status);
-        finish_fail(s, 1, pu_retry_after_header(resp), code, "Slack answered a server error");
+        snprintf(msg, sizeof(msg), "%s: Slack answered a server error", step_name(s->step));
+        finish_fail(s, 1, pu_retry_after_header(resp), code, msg);
+    } else if (s->step == STEP_UPLOAD) {
+        if (resp->status == 200)
+            return 1;
+        snprintf(code, sizeof(code), "http_%d", resp->status);
+        finish_fail(s, 0, 0, code, "file upload: Slack refused the bytes");
     } else if (resp->status == 200 && json_is_true(json_object_get(body, "ok"))) {
-        sb_send_result res = {.ok = 1, .provider_msg_id = pu_jstr(body, "ts")};
-        s->owner->sent++;
-        s->done(s->done_arg, &res);
+        return 1;
     } else {
         const char *err = pu_jstr(body, "error");
         if (!err) {
             snprintf(code, sizeof(code), "http_%d", resp->status);
-            finish_fail(s, 0, 0, code, "Slack's answer is not an API response");
+            snprintf(msg, sizeof(msg), "%s: Slack's answer is not an API response",
+                     step_name(s->step));
+            finish_fail(s, 0, 0, code, msg);
         } else {
-            snprintf(msg, sizeof(msg), "chat.postMessage: %s", err);
+            snprintf(msg, sizeof(msg), "%s: %s", step_name(s->step), err);
             finish_fail(s, transient_error(err), pu_retry_after_header(resp), err, msg);
         }
     }
+    return 0;
+}
+
+static void finish_ok(struct sl_send *s, const char *provider_msg_id)
+{
+    sb_send_result res = {.ok = 1, .provider_msg_id = provider_msg_id};
+    s->owner->sent++;
+    s->done(s->done_arg, &res);
+}
+
+static void on_send_answer(void *arg, const sb_http_response *resp)
+{
+    struct sl_send *s = arg;
+    s->call = NULL;
+    send_unlink(s);
+    json_t *body =
+        resp->body_len ? json_loadb((const char *)resp->body, resp->body_len, 0, NULL) : NULL;
+    if (answer_ok(s, resp, body))
+        finish_ok(s, pu_jstr(body, "ts"));
     json_decref(body);
-    free(s);
+    send_free(s);
 }
 
 /* The chat.postMessage body for a neutral message (new reference). */
@@ -633,12 +701,228 @@ static json_t *render(const json_t *m)
     return body;
 }
 
+/* ---- file uploads: getUploadURLExternal, the bytes, completeUploadExternal ---- */
+
+/* Appends "&key=value" (no "&" first), value percent-encoded for a form. */
+static void form_add(struct pu_buf *b, const char *key, const char *value)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (b->len)
+        pu_buf_add(b, "&", 1);
+    pu_buf_str(b, key);
+    pu_buf_add(b, "=", 1);
+    for (const unsigned char *c = (const unsigned char *)value; *c; c++) {
+        if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+            *c == '-' || *c == '_' || *c == '.' || *c == '~') {
+            pu_buf_add(b, c, 1);
+        } else {
+            char e[3] = {'%', hex[*c >> 4], hex[*c & 15]};
+            pu_buf_add(b, e, 3);
+        }
+    }
+}
+
+static void on_upload_answer(void *arg, const sb_http_response *resp);
+
+/* Starts the request of s's current step; 0, or -1 (nothing in flight). */
+static int upload_request(struct sl_send *s, const char *url, const char *ctype,
+                          const unsigned char *body, size_t len, int auth)
+{
+    sb_header h[2];
+    size_t n = 0;
+    if (auth)
+        h[n++] = (sb_header){"Authorization", s->owner->bot_auth};
+    h[n++] = (sb_header){"Content-Type", ctype};
+    sb_http_request req = {.method = "POST",
+                           .url = url,
+                           .headers = h,
+                           .n_headers = n,
+                           .body = body,
+                           .body_len = len,
+                           .timeout_ms = SEND_TIMEOUT_MS};
+    s->call = host->http_request(plugin_self, s->owner->inst, &req, on_upload_answer, s);
+    return s->call ? 0 : -1;
+}
+
+/* Step 3: share the uploaded file in the channel. */
+static int upload_complete(struct sl_send *s)
+{
+    json_t *files = json_pack("[{s:s,s:s}]", "id", s->file_id, "title", s->title);
+    char *ftext = files ? json_dumps(files, JSON_COMPACT) : NULL;
+    json_decref(files);
+    if (!ftext)
+        return -1;
+    struct pu_buf b = {0};
+    form_add(&b, "files", ftext);
+    free(ftext);
+    pu_buf_add(&b, "&", 1);
+    pu_buf_str(&b, s->complete_body);
+    char *url = pu_printf("%s/files.completeUploadExternal", s->owner->api_base);
+    int rc = -1;
+    if (url && !b.oom && b.p)
+        rc = upload_request(s, url, "application/x-www-form-urlencoded", (const unsigned char *)b.p,
+                            b.len, 1);
+    free(url);
+    pu_buf_free(&b);
+    return rc;
+}
+
+/* The message id of a completed upload: the share's ts when Slack gives one. */
+static const char *share_ts(const json_t *body)
+{
+    const json_t *f0 = json_array_get(json_object_get(body, "files"), 0);
+    const json_t *shares = json_object_get(f0, "shares");
+    const char *kind, *chan;
+    const json_t *byk, *list;
+    json_object_foreach ((json_t *)shares, kind, byk) {
+        json_object_foreach ((json_t *)byk, chan, list) {
+            const char *ts = pu_jstr(json_array_get(list, 0), "ts");
+            if (ts)
+                return ts;
+        }
+    }
+    return NULL;
+}
+
+static void on_upload_answer(void *arg, const sb_http_response *resp)
+{
+    struct sl_send *s = arg;
+    s->call = NULL;
+    send_unlink(s); /* back on the list only while a next request is in flight */
+    json_t *body = NULL;
+    if (s->step != STEP_UPLOAD && resp->body_len)
+        body = json_loadb((const char *)resp->body, resp->body_len, 0, NULL);
+    if (!answer_ok(s, resp, body)) {
+        json_decref(body);
+        send_free(s);
+        return;
+    }
+    int rc = -1;
+    if (s->step == STEP_GET_URL) {
+        const char *up = pu_jstr(body, "upload_url"), *fid = pu_jstr(body, "file_id");
+        if (!up || !fid) {
+            finish_fail(s, 0, 0, "bad_answer",
+                        "files.getUploadURLExternal: no upload_url or file_id in the answer");
+            json_decref(body);
+            send_free(s);
+            return;
+        }
+        s->file_id = pu_strdup(fid);
+        s->step = STEP_UPLOAD;
+        if (s->file_id)
+            rc = upload_request(s, up, "application/octet-stream", s->data, s->len, 0);
+    } else if (s->step == STEP_UPLOAD) {
+        s->step = STEP_COMPLETE;
+        rc = upload_complete(s);
+    } else {
+        const char *ts = share_ts(body);
+        finish_ok(s, ts ? ts : s->file_id);
+        json_decref(body);
+        send_free(s);
+        return;
+    }
+    json_decref(body);
+    if (rc < 0) {
+        finish_fail(s, 1, 0, "transport", "could not start the next upload request");
+        send_free(s);
+        return;
+    }
+    s->next = s->owner->sends;
+    s->owner->sends = s;
+}
+
+/*
+ * media.data_base64: a file upload. Returns 0 (started, or failed through
+ * done with why), -1 when refused (nothing called).
+ */
+static int send_upload(struct sl_instance *si, const json_t *m, sb_send_done_fn done,
+                       void *done_arg)
+{
+    const json_t *media = json_object_get(m, "media");
+    const char *text = pu_jstr(m, "text");
+    const char *caption = pu_jstr(media, "caption");
+    const char *filename = pu_jstr(media, "filename");
+    const char *thread = pu_jstr(m, "thread") ? pu_jstr(m, "thread") : pu_jstr(m, "reply_to");
+    const char *why = NULL;
+    struct sl_send *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -1;
+    s->owner = si;
+    s->done = done;
+    s->done_arg = done_arg;
+    s->step = STEP_GET_URL;
+    if (!filename || !*filename)
+        filename = "file";
+    if (pu_base64_decode(pu_jstr(media, "data_base64"), &s->data, &s->len))
+        why = "media.data_base64 is not valid base64";
+    else if (!s->len)
+        why = "media.data_base64 is empty";
+    if (why) {
+        sb_send_result res = {.ok = 0, .error_code = "invalid_message", .error_message = why};
+        si->failed++;
+        done(done_arg, &res);
+        send_free(s);
+        return 0;
+    }
+    /* The message text (or the caption) is the comment; the caption (or the file name) the
+     * title. With buttons, their blocks go instead (Slack ignores blocks next to a comment). */
+    const char *comment = text && *text ? text : caption;
+    s->title = pu_strdup(caption && *caption ? caption : filename);
+    struct pu_buf cb = {0};
+    form_add(&cb, "channel_id", pu_jstr(m, "to"));
+    if (json_array_size(json_object_get(m, "buttons"))) {
+        json_t *copy = json_deep_copy(m);
+        json_object_del(copy, "media");
+        if (!pu_jstr(copy, "text") && comment)
+            json_object_set_new(copy, "text", json_string(comment));
+        json_t *rendered = copy ? render(copy) : NULL;
+        char *blocks =
+            rendered ? json_dumps(json_object_get(rendered, "blocks"), JSON_COMPACT) : NULL;
+        if (blocks)
+            form_add(&cb, "blocks", blocks);
+        else
+            cb.oom = 1;
+        free(blocks);
+        json_decref(rendered);
+        json_decref(copy);
+    } else if (comment && *comment) {
+        form_add(&cb, "initial_comment", comment);
+    }
+    if (thread)
+        form_add(&cb, "thread_ts", thread);
+    s->complete_body = cb.oom ? NULL : cb.p;
+    if (cb.oom)
+        pu_buf_free(&cb);
+    char lenbuf[32];
+    snprintf(lenbuf, sizeof(lenbuf), "%zu", s->len);
+    struct pu_buf b = {0};
+    form_add(&b, "filename", filename);
+    form_add(&b, "length", lenbuf);
+    char *url = pu_printf("%s/files.getUploadURLExternal", si->api_base);
+    int rc = -1;
+    if (url && s->title && s->complete_body && !b.oom) {
+        s->next = si->sends;
+        si->sends = s;
+        rc = upload_request(s, url, "application/x-www-form-urlencoded", (const unsigned char *)b.p,
+                            b.len, 1);
+        if (rc < 0)
+            send_unlink(s);
+    }
+    free(url);
+    pu_buf_free(&b);
+    if (rc < 0)
+        send_free(s);
+    return rc;
+}
+
 static int sl_send(sb_instance *inst, void *state, const json_t *message, sb_send_done_fn done,
                    void *done_arg)
 {
     struct sl_instance *si = state;
     if (!pu_jstr(message, "to"))
         return -1;
+    if (pu_jstr(json_object_get(message, "media"), "data_base64"))
+        return send_upload(si, message, done, done_arg);
     json_t *body = render(message);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     char *url = pu_printf("%s/chat.postMessage", si->api_base);
@@ -744,7 +1028,7 @@ static void sl_instance_stop(sb_instance *inst, void *state)
         si->sends = s->next;
         host->http_cancel(s->call);
         finish_fail(s, 1, 0, "instance_stopped", "the instance stopped before Slack answered");
-        free(s);
+        send_free(s);
     }
     if (si->open_call)
         host->http_cancel(si->open_call);

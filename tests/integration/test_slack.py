@@ -1,9 +1,11 @@
 """The slack plugin end to end: Events API requests (signatures good, bad,
 stale; url_verification; retries deduplicated), slash commands and
 interactive payloads, Socket Mode (envelopes acked, disconnect and
-reconnect), and chat.postMessage sends (bodies, 429, Slack errors), all
+reconnect), chat.postMessage sends (bodies, 429, Slack errors) and file
+uploads (getUploadURLExternal, the bytes, completeUploadExternal), all
 against the fake Slack of fakes/slack.py."""
 
+import base64
 import json
 import os
 import time
@@ -239,6 +241,101 @@ def test_send_slack_errors(make_daemon, fake):
     acc = send(d, "sl", {"to": "C123", "text": "eventually"})
     doc = wait_state(d, acc["id"], "sent", timeout=15)
     assert doc["attempts"] == 3, doc
+
+
+# -- file uploads (files.getUploadURLExternal, the bytes, files.completeUploadExternal) ------
+
+PNG = bytes(range(256)) * 3 + b"\x89PNG\r\n\x1a\n\x00tail"
+
+
+def test_send_file_upload_end_to_end(make_daemon, fake):
+    d = start(make_daemon, fake)
+    acc = send(d, "sl", {"to": "C123", "text": "the report & more", "thread": "1700000000.000001",
+                         "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                   "mime_type": "image/png", "filename": "chart 1.png",
+                                   "caption": "Q3 chart"}})
+    assert acc["degraded"] == [], acc
+    doc = wait_state(d, acc["id"], "sent")
+    step1 = fake.calls("files.getUploadURLExternal")
+    assert len(step1) == 1, step1
+    assert step1[0].headers["authorization"] == "Bearer " + BOT_TOKEN
+    args = fake.params(step1[0])
+    assert args["filename"] == "chart 1.png" and args["length"] == str(len(PNG)), args
+    ups = fake.uploads()
+    assert len(ups) == 1 and ups[0].body == PNG, ups
+    assert "authorization" not in ups[0].headers  # the upload URL is pre-signed
+    fid = doc["provider_message_id"]
+    assert fid.startswith("F") and fake.files[fid]["data"] == PNG, (doc, fake.files)
+    step3 = fake.calls("files.completeUploadExternal")
+    assert len(step3) == 1 and step3[0].status == 200, step3
+    assert step3[0].headers["authorization"] == "Bearer " + BOT_TOKEN
+    args = fake.params(step3[0])
+    assert json.loads(args["files"]) == [{"id": fid, "title": "Q3 chart"}], args
+    assert args["channel_id"] == "C123", args
+    assert args["initial_comment"] == "the report & more", args
+    assert args["thread_ts"] == "1700000000.000001", args
+    assert fake.files[fid]["shared"] == "C123"
+    assert fake.posts() == []  # no chat.postMessage for an upload
+
+    # Caption only: it is the comment; no thread_ts when not threading.
+    acc = send(d, "sl", {"to": "C123", "media": {"data_base64": base64.b64encode(b"hi").decode(),
+                                                 "mime_type": "text/plain",
+                                                 "caption": "just a caption"}})
+    wait_state(d, acc["id"], "sent")
+    args = fake.params(fake.calls("files.completeUploadExternal")[1])
+    assert args["initial_comment"] == "just a caption" and "thread_ts" not in args, args
+    assert fake.params(fake.calls("files.getUploadURLExternal")[1])["length"] == "2"
+
+
+def test_send_file_upload_with_buttons(make_daemon, fake):
+    d = start(make_daemon, fake)
+    acc = send(d, "sl", {"to": "C123", "text": "Approve?", "buttons": [{"id": "y", "title": "Yes"}],
+                         "media": {"data_base64": base64.b64encode(b"doc").decode(),
+                                   "mime_type": "application/pdf", "filename": "a.pdf"}})
+    wait_state(d, acc["id"], "sent")
+    args = fake.params(fake.calls("files.completeUploadExternal")[0])
+    assert "initial_comment" not in args, args
+    blocks = json.loads(args["blocks"])
+    assert blocks[0] == {"type": "section", "text": {"type": "mrkdwn", "text": "Approve?"}}, blocks
+    assert blocks[1]["type"] == "actions" and blocks[1]["elements"][0]["action_id"] == "y", blocks
+    assert json.loads(args["files"])[0]["title"] == "a.pdf", args
+
+
+def test_send_file_upload_step1_error_fails(make_daemon, fake):
+    d = start(make_daemon, fake)
+    fake.script_method("files.getUploadURLExternal", slack_error("missing_scope"))
+    acc = send(d, "sl", {"to": "C123", "text": "x",
+                         "media": {"data_base64": base64.b64encode(b"abc").decode(),
+                                   "mime_type": "text/plain"}})
+    doc = wait_state(d, acc["id"], "failed")
+    assert doc["attempts"] == 1 and "missing_scope" in (doc["last_error"] or ""), doc
+    assert fake.uploads() == [] and fake.calls("files.completeUploadExternal") == []
+
+
+def test_send_file_upload_429_on_complete_retried(make_daemon, fake):
+    d = start(make_daemon, fake)
+    fake.script_method("files.completeUploadExternal", http_429(retry_after=1))
+    acc = send(d, "sl", {"to": "C123", "text": "limited upload",
+                         "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                   "mime_type": "application/octet-stream",
+                                   "filename": "a.bin"}})
+    doc = wait_state(d, acc["id"], "sent", timeout=15)
+    assert doc["attempts"] == 2, doc
+    first, second = fake.calls("files.completeUploadExternal")[:2]
+    assert first.status == 429 and second.status == 200, (first, second)
+    assert second.time - first.time >= 0.95, (first, second)
+    # The retry runs the whole flow again: the message id is the second file.
+    assert len(fake.uploads()) == 2 and all(u.body == PNG for u in fake.uploads())
+    assert json.loads(fake.params(second)["files"])[0]["id"] == doc["provider_message_id"]
+
+
+def test_send_file_upload_bad_base64(make_daemon, fake):
+    d = start(make_daemon, fake)
+    acc = send(d, "sl", {"to": "C123", "media": {"data_base64": "!!not base64!!",
+                                                 "mime_type": "text/plain"}})
+    doc = wait_state(d, acc["id"], "failed")
+    assert "base64" in (doc["last_error"] or ""), doc
+    assert fake.calls("files.getUploadURLExternal") == []
 
 
 # -- Socket Mode ---------------------------------------------------------------------------

@@ -9,6 +9,15 @@ Retry-After seconds. apps.connections.open takes the app-level token
 {"type":"hello",...} first, then sends envelopes and wants each acked with
 {"envelope_id"}; {"type":"disconnect","reason":...} asks for a new
 connection. Events reaching a webhook are signed like Slack signs them.
+
+File uploads (the flow that replaced files.upload): files.getUploadURLExternal
+takes `filename` and `length` (form fields or query parameters, bot token)
+and answers {"ok":true,"upload_url","file_id"}; the bytes are POSTed to
+upload_url (answered "OK - <length>"; here a length other than the one
+declared is refused with 400); files.completeUploadExternal takes
+`files` (a JSON array of {"id","title"}), `channel_id`, `initial_comment`,
+`thread_ts` (or `blocks`) and answers {"ok":true,"files":[{"id","title"}]};
+a file id that was never uploaded is "file_not_found".
 """
 
 import hashlib
@@ -59,6 +68,11 @@ class FakeSlack(_Base):
     def __init__(self):
         super().__init__()
         self.queue = []  # answers for chat.postMessage, in order
+        # scripted answers for other methods, in order: method name -> list
+        self.method_queues = {"files.getUploadURLExternal": [],
+                              "files.completeUploadExternal": []}
+        self.files = {}  # file id -> {"filename", "length", "data" (bytes or None), "shared"}
+        self.file_ids = itertools.count(1)
         self.ts = itertools.count(1)
         self.tickets = itertools.count(1)
         self.open_error = None  # e.g. "invalid_auth": apps.connections.open fails
@@ -77,8 +91,108 @@ class FakeSlack(_Base):
         with self.lock:
             self.queue.extend(answers)
 
+    def script_method(self, method, *answers):
+        with self.lock:
+            self.method_queues[method].extend(answers)
+
     def posts(self):
         return self.all("/api/chat.postMessage")
+
+    def calls(self, method):
+        """Requests to a Web API method, query string or not."""
+        with self.lock:
+            return [r for r in self.requests
+                    if urllib.parse.urlsplit(r.path).path == "/api/" + method]
+
+    def uploads(self):
+        with self.lock:
+            return [r for r in self.requests if r.path.startswith("/upload/")]
+
+    @staticmethod
+    def params(rec):
+        """A Web API request's arguments: query parameters, then form or JSON body fields."""
+        out = {k: v[-1] for k, v in
+               urllib.parse.parse_qs(urllib.parse.urlsplit(rec.path).query).items()}
+        ctype = rec.headers.get("content-type", "")
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            out.update({k: v[-1] for k, v in
+                        urllib.parse.parse_qs(rec.body.decode("utf-8"),
+                                              keep_blank_values=True).items()})
+        elif ctype.startswith("application/json") and isinstance(rec.json, dict):
+            out.update(rec.json)
+        return out
+
+    def _scripted(self, method):
+        """The next scripted answer for method as a response, or None (go on normally)."""
+        with self.lock:
+            q = self.method_queues[method]
+            action = q.pop(0) if q else None
+        if action is None or action["kind"] == "ok":
+            return None
+        if action["kind"] == "429":
+            return self._json(429, {"ok": False, "error": "ratelimited"},
+                              {"Retry-After": str(action["retry_after"])})
+        headers = {}
+        if action["retry_after"] is not None:
+            headers["Retry-After"] = str(action["retry_after"])
+        return self._json(action["status"], {"ok": False, "error": action["error"]}, headers)
+
+    def _get_upload_url(self, rec):
+        if rec.headers.get("authorization", "") != "Bearer " + BOT_TOKEN:
+            return self._json(200, {"ok": False, "error": "invalid_auth"})
+        args = self.params(rec)
+        scripted = self._scripted("files.getUploadURLExternal")
+        if scripted:
+            return scripted
+        if not args.get("filename") or not str(args.get("length", "")).isdigit():
+            return self._json(200, {"ok": False, "error": "invalid_arguments"})
+        length = int(args["length"])
+        if length <= 0:
+            return self._json(200, {"ok": False, "error": "invalid_arguments"})
+        file_id = "F%09d" % next(self.file_ids)
+        with self.lock:
+            self.files[file_id] = {"filename": args["filename"], "length": length,
+                                   "data": None, "shared": None}
+        return self._json(200, {"ok": True, "upload_url": "%s/upload/v1/%s" % (self.url, file_id),
+                                "file_id": file_id})
+
+    def _upload(self, rec):
+        file_id = urllib.parse.urlsplit(rec.path).path.rsplit("/", 1)[-1]
+        with self.lock:
+            f = self.files.get(file_id)
+            if f is None:
+                return 404, {}, b"not found", 0.0
+            if len(rec.body) != f["length"]:
+                return 400, {}, b"length mismatch", 0.0
+            f["data"] = rec.body
+        return 200, {}, ("OK - %d" % len(rec.body)).encode(), 0.0
+
+    def _complete(self, rec):
+        if rec.headers.get("authorization", "") != "Bearer " + BOT_TOKEN:
+            return self._json(200, {"ok": False, "error": "invalid_auth"})
+        scripted = self._scripted("files.completeUploadExternal")
+        if scripted:
+            return scripted
+        args = self.params(rec)
+        try:
+            files = json.loads(args["files"]) if isinstance(args.get("files"), str) \
+                else args.get("files")
+        except ValueError:
+            files = None
+        if not isinstance(files, list) or not files or \
+                not all(isinstance(f, dict) and f.get("id") for f in files):
+            return self._json(200, {"ok": False, "error": "invalid_arguments"})
+        out = []
+        with self.lock:
+            for f in files:
+                known = self.files.get(f["id"])
+                if known is None or known["data"] is None:
+                    return self._json(200, {"ok": False, "error": "file_not_found"})
+            for f in files:
+                self.files[f["id"]]["shared"] = args.get("channel_id")
+                out.append({"id": f["id"], "title": f.get("title") or
+                            self.files[f["id"]]["filename"]})
+        return self._json(200, {"ok": True, "files": out})
 
     def opens(self):
         return self.all("/api/apps.connections.open")
@@ -96,6 +210,13 @@ class FakeSlack(_Base):
 
     def answer(self, rec):
         auth = rec.headers.get("authorization", "")
+        path = urllib.parse.urlsplit(rec.path).path
+        if path == "/api/files.getUploadURLExternal":
+            return self._get_upload_url(rec)
+        if path == "/api/files.completeUploadExternal":
+            return self._complete(rec)
+        if path.startswith("/upload/v1/"):
+            return self._upload(rec)
         if rec.path == "/api/apps.connections.open":
             if auth != "Bearer " + APP_TOKEN:
                 return self._json(200, {"ok": False, "error": "invalid_auth"})
