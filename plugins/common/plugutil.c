@@ -405,3 +405,9 @@ void pu_reply_json(const sb_host_services *host, sb_reply *reply, int status, co
 {
     host->reply(reply, status, "application/json", text, strlen(text));
 }
+
+void pu_reply_event_rejected(const sb_host_services *host, sb_reply *reply)
+{
+    host->reply_header(reply, "Retry-After", "1");
+    pu_reply_error(host, reply, 503, "event_rejected", "the host did not accept the event");
+}

@@ -80,6 +80,9 @@ int pu_unhex(const char *hex, unsigned char *out, size_t out_len);
 
 /* Answer a webhook with JSON text. */
 void pu_reply_json(const sb_host_services *host, sb_reply *reply, int status, const char *text);
+/* Answer 503 "event_rejected" with Retry-After: 1, so the provider sends the
+ * webhook again (the host did not take an event). */
+void pu_reply_event_rejected(const sb_host_services *host, sb_reply *reply);
 /* Answer a webhook with a JSON error in the API's shape. */
 void pu_reply_error(const sb_host_services *host, sb_reply *reply, int status, const char *code,
                     const char *message);

@@ -309,8 +309,7 @@ static void dc_webhook(sb_instance *inst, void *state, const sb_http_request *re
     if (t != 1) {
         if (host->emit_event(di->inst, "interaction", interaction_event(ix)) != SB_OK) {
             json_decref(ix);
-            host->reply_header(reply, "Retry-After", "1");
-            pu_reply_error(host, reply, 503, "event_rejected", "the host did not take the event");
+            pu_reply_event_rejected(host, reply);
             return;
         }
         di->events++;

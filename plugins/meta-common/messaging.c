@@ -513,8 +513,7 @@ void mm_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_r
     }
     json_decref(body);
     if (rc != 0) {
-        host->reply_header(reply, "Retry-After", "1");
-        pu_reply_error(host, reply, 503, "event_rejected", "the host did not accept the event");
+        pu_reply_event_rejected(host, reply);
         return;
     }
     host->reply(reply, 200, "application/json", "{}", 2);

@@ -285,8 +285,7 @@ static void refuse(struct sl_instance *si, sb_reply *reply, int status, const ch
 
 static void unavailable(sb_reply *reply)
 {
-    host->reply_header(reply, "Retry-After", "1");
-    pu_reply_error(host, reply, 503, "event_rejected", "the host did not accept the event");
+    pu_reply_event_rejected(host, reply);
 }
 
 static void sl_webhook(sb_instance *inst, void *state, const sb_http_request *req, sb_reply *reply)

@@ -629,8 +629,7 @@ static void tg_webhook(sb_instance *inst, void *state, const sb_http_request *re
     }
     if (process_update(ti, upd) != 0) {
         /* Telegram retries on a non-2xx answer. */
-        host->reply_header(reply, "Retry-After", "1");
-        pu_reply_error(host, reply, 503, "event_rejected", "the host did not accept the event");
+        pu_reply_event_rejected(host, reply);
     } else {
         host->reply(reply, 200, "application/json", "{}", 2);
     }
