@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 #define SB_ABI_MAJOR 1u
-#define SB_ABI_MINOR 0u
+#define SB_ABI_MINOR 1u
 
 /* What a provider can render or do; the host degrades what is missing. */
 enum sb_capability {

@@ -42,6 +42,8 @@ typedef struct sb_reply sb_reply;       /* one pending webhook answer */
 typedef struct sb_timer sb_timer;
 typedef struct sb_http_call sb_http_call;
 typedef struct sb_ws sb_ws;
+typedef struct sb_fd_watch sb_fd_watch; /* ABI 1.1 */
+typedef struct sb_proc sb_proc;         /* ABI 1.1 */
 
 /* Return codes of services (0 is success). */
 #define SB_OK 0
@@ -101,6 +103,20 @@ enum sb_ws_event { SB_WS_OPEN, SB_WS_TEXT, SB_WS_BINARY, SB_WS_CLOSED };
 /* data/len carry the message for TEXT/BINARY, the close reason for CLOSED. */
 typedef void (*sb_ws_fn)(void *arg, enum sb_ws_event ev, const unsigned char *data, size_t len,
                          int close_code);
+
+/* fd_watch interest and readiness bits (ABI 1.1). */
+#define SB_FD_READ 1
+#define SB_FD_WRITE 2
+/* what: SB_FD_READ and/or SB_FD_WRITE, whichever is ready now. */
+typedef void (*sb_fd_fn)(void *arg, int fd, int what);
+
+/* One descriptor handed to a child process: parent_fd becomes child_fd there. */
+typedef struct sb_proc_fd {
+    int parent_fd;
+    int child_fd;
+} sb_proc_fd;
+/* status is the wait status (WIFEXITED/WEXITSTATUS/WIFSIGNALED/WTERMSIG). */
+typedef void (*sb_proc_exit_fn)(void *arg, int status);
 
 typedef struct sb_host_services {
     uint32_t struct_size; /* sizeof(sb_host_services) of the host */
@@ -197,6 +213,45 @@ typedef struct sb_host_services {
      * e.g. Allow on a 405 or Retry-After on a 503.
      */
     int (*reply_header)(sb_reply *reply, const char *name, const char *value);
+
+    /* ---- ABI 1.1: present when struct_size reaches them ---- */
+
+    /*
+     * Watch a descriptor the plugin owns (the host never closes it) on the
+     * loop: fn is called whenever it is ready for any bit of what
+     * (level-triggered) until fd_unwatch. Returns NULL for a bad argument.
+     * Call fd_unwatch before closing fd; it may be called from inside fn.
+     */
+    sb_fd_watch *(*fd_watch)(sb_plugin *self, sb_instance *inst, int fd, int what, sb_fd_fn fn,
+                             void *arg);
+    void (*fd_unwatch)(sb_fd_watch *watch);
+
+    /*
+     * Start a child process: argv[0] is searched in PATH; envp NULL keeps the
+     * host's environment. The child gets /dev/null as stdin, the host's
+     * stdout/stderr, and for each fds[i] a copy of parent_fd as child_fd; no
+     * other descriptor of the host leaks into it. The plugin still owns (and
+     * closes) its parent_fd ends. The child is killed with SIGKILL when the
+     * process hosting the plugin dies, so no child outlives its host. exit is
+     * called once with the wait status when the child ends, unless released.
+     * Returns NULL (no callback) when it could not be started.
+     *
+     * proc_pid tells the child's process id. proc_signal sends it a signal
+     * (SB_EGONE once it has ended). proc_release lets go of the handle: the
+     * host sends SIGKILL if the child still runs, reaps it, and never calls
+     * exit for it; call it at most once, not after exit was delivered. When
+     * an instance stops, the host releases whatever it still has running.
+     *
+     * The child shares the fate of whatever hosts the plugin: a plugin that
+     * drives a browser belongs in isolation "process" (SB_CAP_PROCESS_ONLY),
+     * where its children die with its own switchboard-plugin-host.
+     */
+    sb_proc *(*proc_spawn)(sb_plugin *self, sb_instance *inst, const char *const *argv,
+                           const char *const *envp, const sb_proc_fd *fds, size_t n_fds,
+                           sb_proc_exit_fn exit, void *arg);
+    long (*proc_pid)(sb_proc *proc);
+    int (*proc_signal)(sb_proc *proc, int sig);
+    void (*proc_release)(sb_proc *proc);
 } sb_host_services;
 
 #ifdef __cplusplus
