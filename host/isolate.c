@@ -1,5 +1,6 @@
 #include "isolate.h"
 
+#include "cgroup.h"
 #include "clock.h"
 #include "ipc.h"
 #include "kv.h"
@@ -22,6 +23,7 @@ struct sbh_iso_gen {
     const sb_plugin_desc *real;
     sb_plugin_desc *proxy;
     unsigned running; /* children alive or being started */
+    int cgroup_warned;
 };
 
 enum phase {
@@ -64,7 +66,8 @@ struct child {
     char *last_failure;
     json_t *status; /* the plugin's status() as last pushed */
     struct pend_list pends;
-    int counted; /* holds one of ig->running */
+    int counted;  /* holds one of ig->running */
+    char *cgroup; /* its memory cgroup, when capped */
 };
 
 static void child_spawn(struct child *c);
@@ -557,6 +560,8 @@ static void on_child_exit(void *arg, int status)
     char why[128];
     c->pid = 0;
     release_count(c);
+    sbh_cgroup_remove(c->cgroup);
+    c->cgroup = NULL;
     if (WIFSIGNALED(status))
         snprintf(why, sizeof(why), "plugin-host killed by signal %d", WTERMSIG(status));
     else
@@ -650,6 +655,18 @@ static void child_failed(struct child *c, const char *why)
     arm(c->retry, ms);
 }
 
+static void cap_memory(struct child *c)
+{
+    char why[512];
+    c->cgroup = sbh_cgroup_memory_cap(c->pid, c->inst->id, c->ig->conf.memory_max_mib, why,
+                                      sizeof(why));
+    if (!c->cgroup && !c->ig->cgroup_warned) {
+        c->ig->cgroup_warned = 1;
+        sbh_log(SB_LOG_WARN, "supervisor", c->inst->slot->name, NULL,
+                "memory_max_mib not enforced: %s", why);
+    }
+}
+
 static void child_spawn(struct child *c)
 {
     struct sbh_iso_gen *ig = c->ig;
@@ -675,6 +692,8 @@ static void child_spawn(struct child *c)
     c->pid = pid;
     c->counted = 1;
     ig->running++;
+    if (ig->conf.memory_max_mib)
+        cap_memory(c);
     if (c->started_ms)
         c->restarts++;
     c->started_ms = c->last_heard_ms = sbh_now_ms();
@@ -738,6 +757,7 @@ static void px_instance_stop(sb_instance *inst, void *state)
         sbh_supervisor_drain(c->ig->sv, c->pid, inst->id, c->ig->conf.stop_grace_ms);
     }
     release_count(c);
+    free(c->cgroup); /* still in use while it drains; the next start reuses it */
     sbh_ipc_free(c->ipc);
     event_free(c->tick);
     event_free(c->retry);

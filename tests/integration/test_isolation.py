@@ -235,3 +235,20 @@ def test_switch_isolation_on_reload(make_daemon):
     pid = child_pid(d)
     assert cmdline(pid)[0].endswith(b"switchboard-plugin-host")
     assert d.webhook(body={"text": "now isolated", "from": "a"}).status == 200
+
+
+def test_memory_cap_through_a_cgroup(make_daemon):
+    d = make_daemon(config=isolated_config(process=dict(FAST, memory_max_mib=300)))
+    pid = child_pid(d)
+    if d.find_logs(lambda r: "memory_max_mib not enforced" in r.get("msg", "")):
+        pytest.skip("this machine does not let the daemon write its cgroup tree")
+    with open("/proc/%d/cgroup" % pid) as f:
+        lines = [l.strip().split(":", 2) for l in f]
+    mine = [l for l in lines if l[2].endswith("/switchboard-echo-demo")]
+    assert mine, lines
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    candidates = (["/sys/fs/cgroup" + mine[0][2] + "/memory.max"] if v2 else
+                  ["/sys/fs/cgroup/memory" + mine[0][2] + "/memory.limit_in_bytes",
+                   "/sys/fs/cgroup/memory/switchboard-echo-demo/memory.limit_in_bytes"])
+    limits = [open(p).read().strip() for p in candidates if os.path.exists(p)]
+    assert str(300 * 1024 * 1024) in limits, (candidates, limits)
