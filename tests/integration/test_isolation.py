@@ -120,7 +120,7 @@ def test_sigkill_restarts_with_backoff(make_daemon):
         what="a new plugin-host")
     assert new != pid
     child_pid(d)
-    d.wait_for_log(lambda r: "killed by signal 9" in r.get("msg", ""), since=mark)
+    d.wait_for_log(lambda r: "killed by signal 9" in r.get("message", ""), since=mark)
     assert proc_state(pid) is None, "the killed plugin-host was not reaped"
     assert d.webhook(body={"text": "again", "from": "a"}).status == 200
     st = status(d)["provider_status"]["process"]
@@ -134,7 +134,7 @@ def test_hung_plugin_host_is_killed_and_restarted(make_daemon):
     pid = child_pid(d)
     mark = d.mark()
     os.kill(pid, signal.SIGSTOP)
-    d.wait_for_log(lambda r: "silent for" in r.get("msg", ""), timeout=8, since=mark)
+    d.wait_for_log(lambda r: "silent for" in r.get("message", ""), timeout=8, since=mark)
     new = child_pid(d)
     assert new != pid
     gone(pid)
@@ -240,7 +240,7 @@ def test_switch_isolation_on_reload(make_daemon):
 def test_memory_cap_through_a_cgroup(make_daemon):
     d = make_daemon(config=isolated_config(process=dict(FAST, memory_max_mib=300)))
     pid = child_pid(d)
-    if d.find_logs(lambda r: "memory_max_mib not enforced" in r.get("msg", "")):
+    if d.find_logs(lambda r: "memory_max_mib not enforced" in r.get("message", "")):
         pytest.skip("this machine does not let the daemon write its cgroup tree")
     with open("/proc/%d/cgroup" % pid) as f:
         lines = [l.strip().split(":", 2) for l in f]
