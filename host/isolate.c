@@ -752,8 +752,8 @@ static void px_instance_stop(sb_instance *inst, void *state)
     pends_abort(c, 1);
     if (c->pid) {
         /* Ask it to stop; it gets stop_grace_ms before its group is killed. */
-        send_frame(c, json_pack("{s:s}", "t", "stop"));
-        sbh_ipc_flush(c->ipc, 100);
+        if (c->ipc && send_frame(c, json_pack("{s:s}", "t", "stop")) == 0)
+            sbh_ipc_flush(c->ipc, 100);
         sbh_supervisor_drain(c->ig->sv, c->pid, inst->id, c->ig->conf.stop_grace_ms);
     }
     release_count(c);
