@@ -135,6 +135,10 @@ int sbh_daemon_reload(struct sbh_daemon *d)
         }
     }
     sbh_registry_set_swap_timeout(d->reg, cfg->swap_timeout_ms);
+    if (sbh_supervisor_set_host(d->sv, cfg->plugin_host) < 0) {
+        snprintf(why, sizeof(why), "out of memory");
+        goto reject;
+    }
     if (sbh_registry_apply(d->reg, cfg, why, sizeof(why)) < 0)
         goto reject;
     if (listener) {

@@ -61,6 +61,8 @@ struct child {
     struct event *tick;  /* heartbeat */
     struct event *retry; /* backoff and waiting */
     uint64_t started_ms, last_heard_ms;
+    uint64_t closed_ms; /* the channel closed: waiting for the exit status */
+    char *close_why;
     unsigned failures, restarts;
     long long ping_seq, next_id;
     char *last_failure;
@@ -72,6 +74,7 @@ struct child {
 
 static void child_spawn(struct child *c);
 static void child_failed(struct child *c, const char *why);
+static void arm(struct event *ev, unsigned ms);
 
 /* ---- configuration ---- */
 
@@ -531,12 +534,23 @@ static void on_frame(void *arg, json_t *f)
     child_failed(c, why);
 }
 
+/* The process ending closes the channel first: give its exit status (the
+ * better reason) a moment to arrive before failing on the closed channel. */
+#define EXIT_WAIT_MS 1000
+
 static void on_close(void *arg, const char *why)
 {
     struct child *c = arg;
     char detail[256];
     snprintf(detail, sizeof(detail), "IPC channel closed: %s", why);
-    child_failed(c, detail);
+    if (!c->pid) {
+        child_failed(c, detail);
+        return;
+    }
+    free(c->close_why);
+    c->close_why = strdup(detail);
+    c->closed_ms = sbh_now_ms();
+    arm(c->tick, EXIT_WAIT_MS);
 }
 
 /* ---- supervision ---- */
@@ -578,6 +592,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     struct child *c = arg;
     if (c->phase != PH_HELLO && c->phase != PH_STARTING && c->phase != PH_RUNNING)
         return;
+    if (c->closed_ms) {
+        if (sbh_now_ms() - c->closed_ms >= EXIT_WAIT_MS)
+            child_failed(c, c->close_why ? c->close_why : "IPC channel closed");
+        else
+            arm(c->tick, EXIT_WAIT_MS);
+        return;
+    }
     uint64_t silent = sbh_now_ms() - c->last_heard_ms;
     if (silent > c->ig->conf.heartbeat_timeout_ms) {
         char why[128];
@@ -621,6 +642,7 @@ static void child_failed(struct child *c, const char *why)
         sbh_supervisor_kill(c->ig->sv, c->pid);
     sbh_ipc_free(c->ipc);
     c->ipc = NULL;
+    c->closed_ms = 0;
     evtimer_del(c->tick);
     pends_abort(c, 0);
     json_decref(c->status);
@@ -763,6 +785,7 @@ static void px_instance_stop(sb_instance *inst, void *state)
     event_free(c->retry);
     json_decref(c->status);
     free(c->last_failure);
+    free(c->close_why);
     free(c);
 }
 
@@ -771,24 +794,21 @@ static int px_send(sb_instance *inst, void *state, const json_t *message, sb_sen
 {
     (void)inst;
     struct child *c = state;
-    if (c->phase != PH_RUNNING) {
-        sb_send_result res = {.ok = 0,
-                              .retryable = c->phase != PH_FAILED,
-                              .error_code = "instance_restarting",
-                              .error_message = "the instance's plugin-host is not running"};
-        done(done_arg, &res);
-        return 0;
-    }
-    struct pend *p = pend_add(c, PK_SEND, ++c->next_id);
-    if (!p)
-        return -1;
-    p->done = done;
-    p->arg = done_arg;
-    if (send_frame(c, json_pack("{s:s, s:I, s:O}", "t", "send", "id", (json_int_t)p->id,
-                                "message", message)) < 0) {
+    struct pend *p = NULL;
+    if (c->phase == PH_RUNNING && !c->closed_ms && (p = pend_add(c, PK_SEND, ++c->next_id))) {
+        p->done = done;
+        p->arg = done_arg;
+        if (send_frame(c, json_pack("{s:s, s:I, s:O}", "t", "send", "id", (json_int_t)p->id,
+                                    "message", message)) == 0)
+            return 0;
         pend_free(p);
-        return -1;
     }
+    /* Not running now: the outbox tries again later, unless it gave up for good. */
+    sb_send_result res = {.ok = 0,
+                          .retryable = c->phase != PH_FAILED,
+                          .error_code = "instance_restarting",
+                          .error_message = "the instance's plugin-host is not running"};
+    done(done_arg, &res);
     return 0;
 }
 
@@ -796,7 +816,7 @@ static void px_webhook(sb_instance *inst, void *state, const sb_http_request *re
 {
     (void)inst;
     struct child *c = state;
-    if (c->phase != PH_RUNNING) {
+    if (c->phase != PH_RUNNING || c->closed_ms) {
         svc()->reply_header(reply, "Retry-After", "1");
         sbh_reply_error(reply, 503, "instance_restarting",
                         "the instance's plugin-host is not running");

@@ -68,6 +68,16 @@ struct sbh_supervisor *sbh_supervisor_new(struct event_base *base, const char *p
     return sv;
 }
 
+int sbh_supervisor_set_host(struct sbh_supervisor *sv, const char *plugin_host)
+{
+    char *copy = strdup(plugin_host);
+    if (!copy)
+        return -1;
+    free(sv->plugin_host);
+    sv->plugin_host = copy;
+    return 0;
+}
+
 const char *sbh_supervisor_state_dir(const struct sbh_supervisor *sv)
 {
     return sv->state_dir;

@@ -22,6 +22,9 @@ struct sbh_supervisor *sbh_supervisor_new(struct event_base *base, const char *p
  * still known and reap them (blocks; shutdown only). Then free. */
 void sbh_supervisor_free(struct sbh_supervisor *sv, unsigned grace_ms);
 
+/* The binary started from now on (copied; a reload may change it). 0 or -1. */
+int sbh_supervisor_set_host(struct sbh_supervisor *sv, const char *plugin_host);
+
 const char *sbh_supervisor_state_dir(const struct sbh_supervisor *sv);
 
 /* Called once when pid has ended and been reaped. */

@@ -81,7 +81,9 @@ def test_echo_isolated_end_to_end(make_daemon):
     # A webhook goes through the child and its event is stored before the 200.
     r = d.webhook(body={"text": "hi", "from": "alice", "event_id": "iso-1"})
     assert r.status == 200, r
-    assert r.json().get("text") == "echo: hi", r.json()
+    body = r.json()
+    assert body["ok"] is True and body["instance"] == "echo-demo", body
+    assert body["echo"]["text"] == "hi", body
     out = sql("SELECT payload FROM webhook_events WHERE provider_event_id = 'iso-1'", d.database)
     env = json.loads(out.strip())
     assert env["type"] == "message.received" and env["data"]["text"] == "echo: hi", env
