@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <time.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 
@@ -222,10 +223,24 @@ void ph_local_release(enum ph_owner owner)
         if (w->owner == owner)
             ph_fd_unwatch(w);
     }
-    struct sb_proc *p, *pn;
-    for (p = LIST_FIRST(&ph.procs); p; p = pn) {
-        pn = LIST_NEXT(p, link);
-        if (p->owner == owner)
-            ph_proc_release(p);
+    /* Children the plugin left running get SIGTERM, not SIGKILL: a browser
+     * then saves its profile. ph_local_drain waits for them at exit. */
+    struct sb_proc *p;
+    LIST_FOREACH (p, &ph.procs, link)
+        if (p->owner == owner && !p->terminating) {
+            p->terminating = 1;
+            p->exit = NULL;
+            kill(p->pid, SIGTERM);
+        }
+}
+
+void ph_local_drain(unsigned ms)
+{
+    for (unsigned waited = 0; !LIST_EMPTY(&ph.procs) && waited < ms; waited += 10) {
+        sbh_reaper_poll(ph.reaper);
+        if (LIST_EMPTY(&ph.procs))
+            break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
     }
 }

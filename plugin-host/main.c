@@ -94,6 +94,9 @@ static void on_sigterm(evutil_socket_t sig, short what, void *arg)
     ph_finish(1);
 }
 
+/* How long children left running at stop get after SIGTERM. */
+#define PH_TERM_GRACE_MS 5000
+
 static int setup(int fd)
 {
     LIST_INIT(&ph.timers);
@@ -159,6 +162,8 @@ int main(int argc, char **argv)
     if (ph.stop_asked && ph.exit_code == 0)
         ph_send_frame(json_pack("{s:s}", "t", "stopped"));
     sbh_ipc_flush(ph.ipc, 2000);
+    /* Within the daemon's stop_grace_ms (10 s by default); then SIGKILL. */
+    ph_local_drain(PH_TERM_GRACE_MS);
     int code = ph.exit_code;
     cleanup();
     return code;

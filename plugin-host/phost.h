@@ -63,7 +63,8 @@ struct sb_proc {
     enum ph_owner owner;
     sb_proc_exit_fn exit;
     void *arg;
-    int ended;  /* reaped: signals answer SB_EGONE */
+    int ended;       /* reaped: signals answer SB_EGONE */
+    int terminating; /* left running at release: SIGTERM sent, reaped at exit */
     int firing; /* inside exit: release is a no-op, it is freed after */
 };
 LIST_HEAD(ph_proc_list, sb_proc);
@@ -169,6 +170,8 @@ void ph_status_check(void);
 
 /* local.c: timers, fd watches and processes kept in this process. */
 void ph_local_release(enum ph_owner owner);
+/* Wait up to ms for children sent SIGTERM at release to end (exit path). */
+void ph_local_drain(unsigned ms);
 /* remote.c: HTTP calls and WebSockets the daemon performs for us. */
 void ph_remote_release(enum ph_owner owner);
 void ph_http_done(json_t *frame);

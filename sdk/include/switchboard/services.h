@@ -240,7 +240,8 @@ typedef struct sb_host_services {
      * (SB_EGONE once it has ended). proc_release lets go of the handle: the
      * host sends SIGKILL if the child still runs, reaps it, and never calls
      * exit for it; call it at most once, not after exit was delivered. When
-     * an instance stops, the host releases whatever it still has running.
+     * an instance stops, whatever it still has running gets SIGTERM (a
+     * browser then saves its profile) and SIGKILL five seconds later.
      *
      * fd_watch and proc_* are offered where the plugin runs in its own
      * switchboard-plugin-host (isolation "process"). Inside the daemon they
