@@ -810,6 +810,8 @@ static json_t *slot_json(const struct sbh_slot *slot)
     }
     json_object_set_new(o, "capabilities", caps);
     json_object_set_new(o, "webhook_path", json_string(slot->webhook_path));
+    json_object_set_new(o, "isolation",
+                        json_string(slot->cur && slot->cur->iso ? "process" : "inproc"));
     json_object_set_new(o, "instances", ids);
     if (slot->failure)
         json_object_set_new(o, "error", json_string(slot->failure));

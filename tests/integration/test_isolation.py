@@ -254,3 +254,8 @@ def test_memory_cap_through_a_cgroup(make_daemon):
                    "/sys/fs/cgroup/memory/switchboard-echo-demo/memory.limit_in_bytes"])
     limits = [open(p).read().strip() for p in candidates if os.path.exists(p)]
     assert str(300 * 1024 * 1024) in limits, (candidates, limits)
+
+
+def test_providers_show_isolation(make_daemon):
+    d = make_daemon(config=isolated_config())
+    assert d.provider("echo")["isolation"] == "process"
