@@ -18,6 +18,7 @@ struct mm_flavour {
     int button_template;      /* buttons (<= 3) as a button template (Messenger) */
     int profile;              /* set get_started / persistent_menu on start (Messenger) */
     int templates;            /* message "template" sent as a template attachment (Messenger) */
+    int uploads;              /* media.data_base64 uploaded with the send (filedata; Messenger) */
 };
 
 int mm_init(const sb_host_services *services, sb_plugin *self, const json_t *config);

@@ -1050,39 +1050,6 @@ static char *caption_of(const json_t *msg, const json_t *media)
     return pu_strdup(text && *text ? text : cap);
 }
 
-/* A multipart upload of media.data_base64; the other fields as form fields. */
-static int build_upload(const char *field, const json_t *media, json_t *body,
-                        struct pu_multipart *mp, const char **why)
-{
-    unsigned char *data = NULL;
-    size_t len = 0;
-    const char *key;
-    json_t *v;
-    const char *filename = json_string_value(json_object_get(media, "filename"));
-
-    if (pu_base64_decode(json_string_value(json_object_get(media, "data_base64")), &data, &len)) {
-        *why = "media.data_base64 is not valid base64";
-        return -1;
-    }
-    pu_mp_init(mp);
-    json_object_foreach (body, key, v) {
-        char *text = json_is_string(v) ? pu_strdup(json_string_value(v))
-                                       : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (text)
-            pu_mp_field(mp, key, text);
-        free(text);
-    }
-    pu_mp_file(mp, field, filename ? filename : field,
-               json_string_value(json_object_get(media, "mime_type")), data, len);
-    pu_mp_end(mp);
-    free(data);
-    if (mp->buf.oom) {
-        pu_buf_free(&mp->buf);
-        return -2;
-    }
-    return 0;
-}
-
 static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn done,
                    void *done_arg)
 {
@@ -1111,7 +1078,7 @@ static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
                 json_object_set_new(body, field, json_string(url));
             } else {
                 struct pu_multipart mp;
-                int r = build_upload(field, media, body, &mp, &why);
+                int r = pu_mp_upload(&mp, body, field, media, field, &why);
 
                 if (r == 0) {
                     /* The buffer becomes the pending body; the boundary type is copied. */
