@@ -34,7 +34,8 @@ static const struct mm_flavour messenger = {.name = "messenger",
                                             .button_template = 1,
                                             .profile = 1,
                                             .templates = 1,
-                                            .uploads = 1};
+                                            .uploads = 1,
+                                            .replies = 1};
 
 static int messenger_start(sb_instance *inst, const json_t *settings, void **state)
 {

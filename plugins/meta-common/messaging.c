@@ -377,6 +377,20 @@ static json_t *without_upload(struct mm_instance *mi, const json_t *msg)
     return copy;
 }
 
+/*
+ * reply_to (Messenger): the Send API's top-level reply_to {mid} (Graph API
+ * reference, Page Messages: a parameter beside recipient and message) on the
+ * first request, so the first bubble quotes the message. 0, or -1 out of memory.
+ */
+static int reply_to(struct mm_instance *mi, json_t *first, const json_t *msg)
+{
+    const char *mid = pu_jstr(msg, "reply_to");
+
+    if (!mi->fl->replies || !mid || !*mid)
+        return 0;
+    return json_object_set_new(first, "reply_to", json_pack("{s:s}", "mid", mid));
+}
+
 /* The multipart body of an uploaded attachment: the last request's members and filedata. */
 static int build_upload(struct mm_send *s, const json_t *msg, const char **why)
 {
@@ -416,7 +430,8 @@ int mm_send(sb_instance *inst, void *state, const json_t *msg_in, sb_send_done_f
     s->done_arg = done_arg;
     if (!json_is_string(json_object_get(msg, "to")))
         why = "\"to\" must be the recipient's id";
-    else if ((s->first = build(mi, msg, &s->second, &why)) && build_upload(s, msg, &why)) {
+    else if ((s->first = build(mi, msg, &s->second, &why)) &&
+             (reply_to(mi, s->first, msg) || build_upload(s, msg, &why))) {
         json_decref(s->first);
         s->first = NULL;
     }

@@ -19,6 +19,7 @@ struct mm_flavour {
     int profile;              /* set get_started / persistent_menu on start (Messenger) */
     int templates;            /* message "template" sent as a template attachment (Messenger) */
     int uploads;              /* media.data_base64 uploaded with the send (filedata; Messenger) */
+    int replies;              /* reply_to sent as the Send API's reply_to {mid} (Messenger) */
 };
 
 int mm_init(const sb_host_services *services, sb_plugin *self, const json_t *config);

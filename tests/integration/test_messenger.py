@@ -295,3 +295,33 @@ def test_media_uploaded_with_the_send(make_daemon, graph):
     acc = send(d, iid, {"to": PSID, "media": {"data_base64": "not*base64", "mime_type": "image/png"}})
     assert "base64" in wait_state(d, acc["id"], "failed")["last_error"]
     assert len(graph.messages()) == n
+
+
+def test_reply_to(make_daemon, graph):
+    """reply_to becomes the Send API's reply_to {mid}, beside recipient and message, on the
+    first request of a send (the fake refuses it inside message)."""
+    d = start_daemon(make_daemon, "messenger")
+    iid = instance(d, graph)
+    acc = send(d, iid, {"to": PSID, "text": "yes, that one", "reply_to": "m_in1"})
+    wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params == {
+        "recipient": {"id": PSID}, "messaging_type": "RESPONSE", "reply_to": {"mid": "m_in1"},
+        "message": {"text": "yes, that one"}}, graph.messages()[-1].params
+
+    # Text and an uploaded attachment: the text quotes, the attachment does not.
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": PSID, "text": "see", "reply_to": "m_in2",
+                        "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                  "mime_type": "image/png"}})
+    wait_state(d, acc["id"], "sent")
+    two = graph.messages()[n:]
+    assert two[0].params["reply_to"] == {"mid": "m_in2"} and "reply_to" not in two[1].params, two
+
+    # An uploaded attachment alone carries it as a JSON form field.
+    acc = send(d, iid, {"to": PSID, "reply_to": "m_in3",
+                        "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                  "mime_type": "image/png"}})
+    wait_state(d, acc["id"], "sent")
+    up = graph.messages()[-1]
+    assert up.headers["content-type"].startswith("multipart/form-data")
+    assert up.params["reply_to"] == {"mid": "m_in3"}, up.params

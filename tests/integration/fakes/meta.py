@@ -154,6 +154,16 @@ class FakeGraph(Server):
             errs.append("message has both text and attachment")
         if p.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
             errs.append("messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG")
+        # Graph API reference, Page Messages: reply_to is a parameter of the request (beside
+        # recipient and message), the quoted message's mid; message holds only its content.
+        if "reply_to" in p and (not isinstance(p["reply_to"], dict) or
+                                set(p["reply_to"]) != {"mid"} or
+                                not isinstance(p["reply_to"]["mid"], str)):
+            errs.append("reply_to must be {\"mid\": \"<message id>\"}")
+        if isinstance(msg, dict):
+            extra = set(msg) - {"text", "attachment", "quick_replies", "metadata"}
+            if extra:
+                errs.append("message has unknown fields %s" % sorted(extra))
         att = msg.get("attachment") if isinstance(msg, dict) else None
         if isinstance(att, dict) and att.get("type") == "template":
             errs += self._template_errors(att.get("payload"))
