@@ -213,6 +213,19 @@ static const char *attachment_type(const char *mime)
     return strcmp(kind, "document") ? kind : "file";
 }
 
+/* 1 when list (space-separated words; NULL means any) holds word. */
+static int word_in(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+
+    if (!list)
+        return 1;
+    for (const char *p = list; (p = strstr(p, word)); p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
 /*
  * A Messenger template (Send API: message.attachment {type: template,
  * payload: {template_type: button|generic|media|..., ...}}), the message's
@@ -236,6 +249,10 @@ static json_t *build_template(struct mm_instance *mi, const json_t *msg, json_t 
     if (!json_is_object(tmpl) || !type || !*type) {
         *why = "a Messenger template is a payload with a template_type (button, generic, media, "
                "...); a WhatsApp template name cannot be sent here";
+        return NULL;
+    }
+    if (!word_in(mi->fl->template_types, type)) {
+        *why = "Instagram takes generic and button templates only";
         return NULL;
     }
     if (json_object_get(msg, "media")) {

@@ -118,3 +118,35 @@ def test_uploaded_media_degraded_to_text(make_daemon, graph):
     assert instance_status(d, iid)["provider_status"]["media_degraded"] == 1
     assert metric(d, "switchboard_plugin_media_degraded_total", provider="instagram",
                   instance=iid) == 1
+
+
+def test_generic_and_button_templates(make_daemon, graph):
+    """The Instagram API with Instagram Login documents the generic and the button
+    template (message.attachment {type: template, payload}); other template types fail."""
+    d = start_daemon(make_daemon, "instagram")
+    iid = instance(d, graph)
+    generic = {"template_type": "generic", "elements": [
+        {"title": "Red shirt", "image_url": "https://x.test/r.png", "subtitle": "cotton",
+         "default_action": {"type": "web_url", "url": "https://x.test/r"},
+         "buttons": [{"type": "web_url", "url": "https://x.test/r", "title": "View"},
+                     {"type": "postback", "title": "Buy", "payload": "BUY_RED"}]}]}
+    acc = send(d, iid, {"to": IGSID, "template": generic})
+    doc = wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params == {
+        "recipient": {"id": IGSID}, "messaging_type": "RESPONSE",
+        "message": {"attachment": {"type": "template", "payload": generic}}}
+    assert doc["provider_message_id"].startswith("m_FAKE"), doc
+
+    # The text fills a button template without one.
+    buttons = [{"type": "postback", "title": "Talk", "payload": "TALK"}]
+    acc = send(d, iid, {"to": IGSID, "text": "What next?",
+                        "template": {"template_type": "button", "buttons": buttons}})
+    wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params["message"]["attachment"]["payload"] == {
+        "template_type": "button", "text": "What next?", "buttons": buttons}
+
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": IGSID, "template": {"template_type": "media", "elements": [
+        {"media_type": "image", "url": "https://x.test/m"}]}})
+    assert "generic and button" in wait_state(d, acc["id"], "failed")["last_error"]
+    assert len(graph.messages()) == n
