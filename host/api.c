@@ -105,6 +105,18 @@ void sbh_call_reply(struct sbh_call *call, int status, json_t *doc)
     call_free(call);
 }
 
+void sbh_call_reply_raw(struct sbh_call *call, int status, const char *content_type,
+                        const void *body, size_t len)
+{
+    struct evhttp_request *req = call->req;
+    if (req) {
+        evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+        call->req = NULL;
+        sbh_respond(req, call->route, status, content_type, body, len);
+    }
+    call_free(call);
+}
+
 void sbh_call_error(struct sbh_call *call, int status, const char *code, const char *field,
                     const char *fmt, ...)
 {

@@ -39,6 +39,9 @@ void sbh_call_detach(struct sbh_call *call);
 /* Answer and free the call. reply steals doc. */
 void sbh_call_reply(struct sbh_call *call, int status, json_t *doc);
 /* Error shape; field (may be NULL) goes into details.field. */
+/* Answer with a non-JSON body (copied) and free the call. */
+void sbh_call_reply_raw(struct sbh_call *call, int status, const char *content_type,
+                        const void *body, size_t len);
 void sbh_call_error(struct sbh_call *call, int status, const char *code, const char *field,
                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Run work on the database, then `then` on the loop (503 when it is down). */
@@ -56,6 +59,9 @@ int sbh_call_body_object(struct sbh_call *call, const char *const *allowed);
 
 /* Handlers. method is the evhttp command; action is "", "start", ... */
 void sbh_api_instances(struct sbh_call *call, enum evhttp_cmd_type method, const char *action);
+/* GET /v1/instances/{id}/qr and POST /v1/instances/{id}/logout (api_session.c). */
+void sbh_api_instance_qr(struct sbh_call *call);
+void sbh_api_instance_logout(struct sbh_call *call);
 void sbh_api_keys(struct sbh_call *call, enum evhttp_cmd_type method);
 void sbh_api_instance_messages(struct sbh_call *call, enum evhttp_cmd_type method);
 void sbh_api_messages(struct sbh_call *call, enum evhttp_cmd_type method);

@@ -612,7 +612,14 @@ void sbh_api_instances(struct sbh_call *call, enum evhttp_cmd_type method, const
         return sbh_call_error(call, 404, "not_found", NULL, "no such instance");
     if (!strcmp(action, "messages"))
         return sbh_api_instance_messages(call, method);
+    if (!strcmp(action, "qr")) {
+        if (method != EVHTTP_REQ_GET)
+            return sbh_call_error(call, 405, "method_not_allowed", NULL, "GET");
+        return sbh_api_instance_qr(call);
+    }
     if (*action) {
+        if (!strcmp(action, "logout") && method == EVHTTP_REQ_POST)
+            return sbh_api_instance_logout(call);
         if (method != EVHTTP_REQ_POST)
             return sbh_call_error(call, 405, "method_not_allowed", NULL, "POST");
         if (strcmp(action, "start") && strcmp(action, "stop") && strcmp(action, "restart"))

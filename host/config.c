@@ -275,6 +275,10 @@ static int apply_env_one(json_t *doc, const char *var, struct sbh_config_error *
         json_object_set_new(doc, "database_url", json_string(val));
         return 0;
     }
+    if (!strcmp(key, "SWITCHBOARD_PLUGIN_HOST")) {
+        json_object_set_new(doc, "plugin_host", json_string(val));
+        return 0;
+    }
     if (!strncmp(key, "ENABLE_", 7) && klen > 7) {
         int on;
         if (env_bool(val, &on) < 0) {
@@ -374,6 +378,8 @@ static int build_plugins(struct sbh_config *cfg, const struct sources *srcs,
                                                                              : SBH_ISOLATION_INPROC;
         json_t *conf = json_object_get(p, "config");
         pc->config = conf ? json_incref(conf) : json_object();
+        json_t *proc = json_object_get(p, "process");
+        pc->process = proc ? json_incref(proc) : json_object();
         json_t *allow = json_object_get(p, "allow_from");
         pc->allow_from = allow ? json_incref(allow) : NULL;
         size_t ai;
@@ -393,13 +399,6 @@ static int build_plugins(struct sbh_config *cfg, const struct sources *srcs,
             locate_merged(srcs, path, 3, "webhook_path", err,
                           "webhook_path must start with '/', not end with '/', and use only "
                           "letters, digits and -_.~/");
-            return -1;
-        }
-        if (pc->isolation == SBH_ISOLATION_PROCESS) {
-            path[2] = "isolation";
-            locate_merged(srcs, path, 3, "isolation", err,
-                          "isolation \"process\" needs switchboard-plugin-host, which this build "
-                          "does not have yet");
             return -1;
         }
         if (pc->enabled && stat(pc->file, &st) < 0) {
@@ -477,6 +476,7 @@ static int build_scalars(struct sbh_config *cfg, const struct sbh_config_overrid
         cfg->plugin_dir = strdup(ov->plugin_dir);
     else
         cfg->plugin_dir = resolve_path(base, str_or(doc, "plugin_dir", SBH_PLUGINDIR));
+    cfg->plugin_host = resolve_path(base, str_or(doc, "plugin_host", SBH_PLUGINHOST));
     cfg->log_level = sbh_log_level_parse(str_or(doc, "log_level", "info"));
     json_t *t = json_object_get(doc, "shutdown_timeout_ms");
     cfg->shutdown_timeout_ms = t ? (unsigned)json_integer_value(t) : 5000;
@@ -491,7 +491,8 @@ static int build_scalars(struct sbh_config *cfg, const struct sbh_config_overrid
     /* Beside the main config by default: /etc/switchboard/master.key. */
     cfg->master_key_file = resolve_path(base, str_or(doc, "master_key_file", "master.key"));
     free(base);
-    return cfg->listen_address && cfg->state_dir && cfg->plugin_dir && cfg->migrations_dir &&
+    return cfg->listen_address && cfg->state_dir && cfg->plugin_dir && cfg->plugin_host &&
+                   cfg->migrations_dir &&
                    cfg->master_key_file
                ? 0
                : -1;
@@ -573,6 +574,7 @@ void sbh_config_free(struct sbh_config *cfg)
         free(cfg->plugins[i].webhook_path);
         json_decref(cfg->plugins[i].config);
         json_decref(cfg->plugins[i].allow_from);
+        json_decref(cfg->plugins[i].process);
     }
     for (size_t i = 0; i < cfg->n_instances; i++) {
         free(cfg->instances[i].id);
@@ -586,6 +588,7 @@ void sbh_config_free(struct sbh_config *cfg)
     free(cfg->listen_address);
     free(cfg->state_dir);
     free(cfg->plugin_dir);
+    free(cfg->plugin_host);
     free(cfg->database_url);
     free(cfg->migrations_dir);
     free(cfg->master_key_file);

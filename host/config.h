@@ -22,6 +22,7 @@ struct sbh_plugin_conf {
     enum sbh_isolation isolation;
     json_t *config;     /* the plugin's own section, handed to init() */
     json_t *allow_from; /* CIDRs allowed to call its webhooks, or NULL for anyone */
+    json_t *process;    /* supervision of its plugin-hosts ("process" section, maybe {}) */
 };
 
 struct sbh_instance_conf {
@@ -38,6 +39,7 @@ struct sbh_config {
     int port;
     char *state_dir;
     char *plugin_dir;
+    char *plugin_host; /* the switchboard-plugin-host binary */
     int log_level; /* enum sb_log_level */
     unsigned shutdown_timeout_ms;
     unsigned swap_timeout_ms;

@@ -23,11 +23,24 @@ static const struct field listen_fields[] = {
     {"port", F_INT, NULL, 1, 65535, NULL},
     {NULL, 0, NULL, 0, 0, NULL},
 };
+static const struct field process_fields[] = {
+    {"heartbeat_ms", F_INT, NULL, 10, 3600000, NULL},
+    {"heartbeat_timeout_ms", F_INT, NULL, 10, 3600000, NULL},
+    {"restart_min_ms", F_INT, NULL, 1, 3600000, NULL},
+    {"restart_max_ms", F_INT, NULL, 1, 86400000, NULL},
+    {"max_restarts", F_INT, NULL, 0, 1000000, NULL},
+    {"healthy_after_ms", F_INT, NULL, 0, 86400000, NULL},
+    {"stop_grace_ms", F_INT, NULL, 0, 3600000, NULL},
+    {"max_processes", F_INT, NULL, 0, 1000000, NULL},
+    {"memory_max_mib", F_INT, NULL, 0, 16777216, NULL},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
 static const struct field plugin_fields[] = {
     {"enabled", F_BOOL, NULL, 0, 0, NULL},
     {"file", F_STRING, NULL, 0, 0, NULL},
     {"webhook_path", F_STRING, NULL, 0, 0, NULL},
     {"isolation", F_STRING, NULL, 0, 0, isolations},
+    {"process", F_STRUCT, process_fields, 0, 0, NULL},
     {"config", F_OBJECT, NULL, 0, 0, NULL},
     {"allow_from", F_STRLIST, NULL, 0, 0, NULL},
     {NULL, 0, NULL, 0, 0, NULL},
@@ -67,6 +80,7 @@ static const struct field top_fields[] = {
     {"listen", F_STRUCT, listen_fields, 0, 0, NULL},
     {"state_dir", F_STRING, NULL, 0, 0, NULL},
     {"plugin_dir", F_STRING, NULL, 0, 0, NULL},
+    {"plugin_host", F_STRING, NULL, 0, 0, NULL},
     {"log_level", F_STRING, NULL, 0, 0, log_levels},
     {"shutdown_timeout_ms", F_INT, NULL, 0, 3600000, NULL},
     {"swap_timeout_ms", F_INT, NULL, 0, 3600000, NULL},

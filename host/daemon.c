@@ -1,5 +1,7 @@
 #include "daemon.h"
 
+#include "supervisor.h"
+
 #include "auth.h"
 #include "httpc.h"
 #include "ws.h"
@@ -133,6 +135,10 @@ int sbh_daemon_reload(struct sbh_daemon *d)
         }
     }
     sbh_registry_set_swap_timeout(d->reg, cfg->swap_timeout_ms);
+    if (sbh_supervisor_set_host(d->sv, cfg->plugin_host) < 0) {
+        snprintf(why, sizeof(why), "out of memory");
+        goto reject;
+    }
     if (sbh_registry_apply(d->reg, cfg, why, sizeof(why)) < 0)
         goto reject;
     if (listener) {
@@ -302,8 +308,10 @@ int sbh_daemon_init(struct sbh_daemon *d, const char *path, const struct sbh_con
     d->reg = sbh_registry_new(d->base, copy_dir);
     d->httpc = sbh_httpc_new(d->base);
     d->wsc = sbh_wsc_new(d->base);
-    if (!d->listener || !d->reg || !d->httpc || !d->wsc)
+    d->sv = sbh_supervisor_new(d->base, d->cfg->plugin_host, d->cfg->state_dir);
+    if (!d->listener || !d->reg || !d->httpc || !d->wsc || !d->sv)
         return -1;
+    sbh_registry_set_supervisor(d->reg, d->sv);
     sbh_registry_set_httpc(d->reg, d->httpc);
     sbh_registry_set_wsc(d->reg, d->wsc);
     sbh_registry_set_event_sink(d->reg, on_event, d);
@@ -337,6 +345,9 @@ void sbh_daemon_free(struct sbh_daemon *d)
     /* Stops instances and shuts plugins down before the loop objects go. */
     sbh_registry_free(d->reg);
     d->reg = NULL;
+    /* Stopped plugin-hosts get their grace to end (a browser saves its profile). */
+    sbh_supervisor_free(d->sv, d->cfg ? d->cfg->shutdown_timeout_ms : 0);
+    d->sv = NULL;
     sbh_httpc_free(d->httpc); /* after the registry: what plugins left open is gone */
     d->httpc = NULL;
     sbh_wsc_free(d->wsc);

@@ -18,6 +18,7 @@
 struct sbh_auth;
 struct sbh_httpc;
 struct sbh_wsc;
+struct sbh_supervisor;
 struct sbh_db_restart;
 struct sbh_outbox;
 struct sbh_inbound;
@@ -58,7 +59,8 @@ struct sbh_daemon {
     struct sbh_events *events;
     struct sbh_subs *subs;
     struct sbh_httpc *httpc; /* outbound HTTP for plugins (and the host) */
-    struct sbh_wsc *wsc;     /* WebSocket client for plugins */
+    struct sbh_wsc *wsc;       /* WebSocket client for plugins */
+    struct sbh_supervisor *sv; /* plugin-host processes */
     struct event *key_refresh;
     unsigned api_inflight;
     struct sbh_ratelimit *api_limit;  /* per API key */

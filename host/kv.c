@@ -89,6 +89,12 @@ int sbh_kv_get(const struct sbh_kv *kv, const char *instance, const char *key, c
     return *value ? SB_OK : SB_ENOMEM;
 }
 
+json_t *sbh_kv_dump(const struct sbh_kv *kv, const char *instance)
+{
+    json_t *pairs = json_object_get(kv->values, instance);
+    return pairs ? json_deep_copy(pairs) : json_object();
+}
+
 /* Strictly increasing across restarts too: microseconds, bumped on ties. */
 static long long next_seq(struct sbh_kv *kv)
 {

@@ -8,6 +8,7 @@
 #define SBH_KV_H
 
 #include <event2/event.h>
+#include <jansson.h>
 #include <mysql.h>
 
 struct sbh_db;
@@ -24,6 +25,8 @@ void sbh_kv_free(struct sbh_kv *kv);
 int sbh_kv_get(const struct sbh_kv *kv, const char *instance, const char *key, char **value);
 /* SB_OK, or SB_EINVAL for a key over 128 bytes or a value over 64 KiB. */
 int sbh_kv_set(struct sbh_kv *kv, const char *instance, const char *key, const char *value);
+/* An instance's pairs as a new {"key": "value"} object (empty when none). */
+json_t *sbh_kv_dump(const struct sbh_kv *kv, const char *instance);
 /* Drop an instance's pairs from memory (its rows go with the instance). */
 void sbh_kv_forget(struct sbh_kv *kv, const char *instance);
 /* Writes not yet stored (for metrics and drain). */

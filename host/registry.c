@@ -1,5 +1,7 @@
 #include "registry.h"
 
+#include "isolate.h"
+
 #include "httpc.h"
 #include "ws.h"
 #include "cidr.h"
@@ -78,6 +80,11 @@ void sbh_registry_set_webhook_limit(struct sbh_registry *reg, struct sbh_ratelim
     reg->hook_limit = rl;
 }
 
+void sbh_registry_set_supervisor(struct sbh_registry *reg, struct sbh_supervisor *sv)
+{
+    reg->sv = sv;
+}
+
 void sbh_registry_set_swap_timeout(struct sbh_registry *reg, unsigned ms)
 {
     reg->swap_timeout_ms = ms;
@@ -104,7 +111,33 @@ static void gen_unload(struct sb_plugin *gen)
     sbh_timers_cancel_gen(gen);
     sbh_httpc_cancel_gen(gen);
     sbh_ws_cancel_gen(gen);
+    sbh_isolate_unwrap(gen);
     sbh_loader_close(gen);
+}
+
+/*
+ * Isolation "process" (configured, or demanded by the plugin): the
+ * generation becomes a proxy to plugin-host children.
+ */
+static int isolate(struct sbh_registry *reg, struct sbh_slot *slot, struct sb_plugin *gen,
+                   char *why, size_t why_len)
+{
+    const char *mode = json_string_value(json_object_get(slot->host_conf, "isolation"));
+    int process = (mode && !strcmp(mode, "process")) ||
+                  (gen->desc->capabilities & SB_CAP_PROCESS_ONLY);
+    if (!process)
+        return 0;
+    if (!reg->sv) {
+        snprintf(why, why_len, "isolation \"process\" is not available in this daemon");
+        return -1;
+    }
+    struct sbh_isolate_conf conf;
+    sbh_isolate_conf_read(&conf, json_object_get(slot->host_conf, "process"));
+    if (sbh_isolate_wrap(gen, reg->sv, &conf) < 0) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 /* Load and initialise a generation for slot (which need not be linked yet). */
@@ -117,6 +150,10 @@ static struct sb_plugin *gen_load(struct sbh_registry *reg, struct sbh_slot *slo
         return NULL;
     reg->next_generation++;
     gen->slot = slot;
+    if (isolate(reg, slot, gen, why, why_len) < 0) {
+        sbh_loader_close(gen);
+        return NULL;
+    }
     if (gen->desc->init(sbh_services(), gen, slot->plugin_config) < 0) {
         snprintf(why, why_len, "init failed (see the plugin's log lines above)");
         gen_unload(gen);
@@ -253,6 +290,13 @@ static struct sbh_slot *slot_find(struct sbh_registry *reg, const char *name)
     return NULL;
 }
 
+static json_t *host_conf(const struct sbh_plugin_conf *pc)
+{
+    return json_pack("{s:s, s:O}", "isolation",
+                     pc->isolation == SBH_ISOLATION_PROCESS ? "process" : "inproc", "process",
+                     pc->process);
+}
+
 static struct sbh_slot *slot_new(struct sbh_registry *reg, const struct sbh_plugin_conf *pc)
 {
     struct sbh_slot *slot = calloc(1, sizeof(*slot));
@@ -263,6 +307,7 @@ static struct sbh_slot *slot_new(struct sbh_registry *reg, const struct sbh_plug
     slot->file = strdup(pc->file);
     slot->webhook_path = strdup(pc->webhook_path);
     slot->plugin_config = json_deep_copy(pc->config);
+    slot->host_conf = host_conf(pc);
     TAILQ_INIT(&slot->held);
     TAILQ_INIT(&slot->instances);
     return slot;
@@ -287,6 +332,7 @@ static void slot_free(struct sbh_slot *slot)
     free(slot->webhook_path);
     free(slot->failure);
     json_decref(slot->plugin_config);
+    json_decref(slot->host_conf);
     json_decref(slot->allow_from);
     free(slot);
 }
@@ -410,6 +456,7 @@ struct prepared {
     int has_old;
     char *old_file;
     json_t *old_conf;
+    json_t *old_host;
 };
 
 /* Put the slot's file and config back as they were before prepare(). */
@@ -419,8 +466,10 @@ static void restore_old(struct prepared *p)
         return;
     free(p->slot->file);
     json_decref(p->slot->plugin_config);
+    json_decref(p->slot->host_conf);
     p->slot->file = p->old_file;
     p->slot->plugin_config = p->old_conf;
+    p->slot->host_conf = p->old_host;
     p->has_old = 0;
 }
 
@@ -431,6 +480,7 @@ static void drop_old(struct prepared *p)
         return;
     free(p->old_file);
     json_decref(p->old_conf);
+    json_decref(p->old_host);
     p->has_old = 0;
 }
 
@@ -465,8 +515,11 @@ static int prepare(struct sbh_registry *reg, const struct sbh_config *cfg, struc
         struct sbh_file_id now = {0};
         if (!pc->enabled || (slot && slot->state == SBH_SLOT_SWAPPING))
             continue;
+        json_t *hc = host_conf(pc);
         int config_driven = !slot || strcmp(slot->file, pc->file) != 0 ||
-                            !json_equal(slot->plugin_config, pc->config);
+                            !json_equal(slot->plugin_config, pc->config) ||
+                            !json_equal(slot->host_conf, hc);
+        json_decref(hc);
         if (!config_driven && !file_changed(slot, &now))
             continue;
         struct prepared *p = &prep[(*n_prep)++];
@@ -483,8 +536,10 @@ static int prepare(struct sbh_registry *reg, const struct sbh_config *cfg, struc
         p->has_old = 1;
         p->old_file = p->slot->file;
         p->old_conf = p->slot->plugin_config;
+        p->old_host = p->slot->host_conf;
         p->slot->file = strdup(pc->file);
         p->slot->plugin_config = json_deep_copy(pc->config);
+        p->slot->host_conf = host_conf(pc);
         char reason[512];
         p->gen = gen_load(reg, p->slot, reason, sizeof(reason));
         if (p->gen)
@@ -755,6 +810,8 @@ static json_t *slot_json(const struct sbh_slot *slot)
     }
     json_object_set_new(o, "capabilities", caps);
     json_object_set_new(o, "webhook_path", json_string(slot->webhook_path));
+    json_object_set_new(o, "isolation",
+                        json_string(slot->cur && slot->cur->iso ? "process" : "inproc"));
     json_object_set_new(o, "instances", ids);
     if (slot->failure)
         json_object_set_new(o, "error", json_string(slot->failure));
@@ -869,6 +926,14 @@ int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int 
     if (start && !inst->gen && inst->slot->state == SBH_SLOT_RUNNING)
         instance_start(inst, inst->slot->cur);
     return 0;
+}
+
+int sbh_registry_instance_isolated(const struct sbh_registry *reg, const char *id)
+{
+    const struct sb_instance *inst = instance_lookup(reg, id);
+    if (!inst)
+        return -1;
+    return inst->slot->cur && inst->slot->cur->iso ? 1 : 0;
 }
 
 static const char *const conn_state_names[] = {"stopped",   "connecting",   "qr",

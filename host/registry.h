@@ -46,6 +46,10 @@ void sbh_registry_set_httpc(struct sbh_registry *reg, struct sbh_httpc *httpc);
 struct sbh_wsc;
 void sbh_registry_set_wsc(struct sbh_registry *reg, struct sbh_wsc *wsc);
 
+/* Plugin-host processes for isolation "process" (borrowed; NULL: refused). */
+struct sbh_supervisor;
+void sbh_registry_set_supervisor(struct sbh_registry *reg, struct sbh_supervisor *sv);
+
 /* The per-address limiter of webhook routes (borrowed; NULL: unlimited). */
 struct sbh_ratelimit;
 void sbh_registry_set_webhook_limit(struct sbh_registry *reg, struct sbh_ratelimit *rl);
@@ -100,6 +104,9 @@ void sbh_registry_instance_remove(struct sbh_registry *reg, const char *id);
  * (-2 when the instance is disabled). Works on config instances too (not
  * persisted). -1 when unknown. */
 int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int start, int stop);
+/* 1 when the instance runs (or would run) in a plugin-host, 0 in process,
+ * -1 when unknown. */
+int sbh_registry_instance_isolated(const struct sbh_registry *reg, const char *id);
 /* Runtime view of an instance (new reference), NULL when unknown. */
 json_t *sbh_registry_instance_status(const struct sbh_registry *reg, const char *id);
 /*

@@ -97,6 +97,7 @@ struct sb_plugin {
     void *dl;
     char *copy_path; /* private copy it was loaded from */
     const sb_plugin_desc *desc;
+    struct sbh_iso_gen *iso; /* isolation "process": the proxy's side (isolate.c) */
     struct sbh_file_id file_id;
     int initialised;
     struct sbh_timer_list timers;
@@ -134,6 +135,7 @@ struct sbh_slot {
     char *file;
     char *webhook_path;
     json_t *plugin_config;
+    json_t *host_conf;  /* {"isolation", "process"}: how its instances run */
     json_t *allow_from; /* CIDRs, or NULL */
     enum sbh_slot_state state;
     char *failure; /* why it is FAILED */
@@ -170,6 +172,7 @@ struct sbh_registry {
     struct sbh_ratelimit *hook_limit; /* per client address on webhook routes */
     struct sbh_httpc *httpc;          /* backs http_request/http_cancel; NULL: not offered */
     struct sbh_wsc *wsc;              /* backs ws_connect/ws_send/ws_close; NULL: not offered */
+    struct sbh_supervisor *sv;        /* plugin-host processes; NULL: isolation "process" refused */
 };
 
 /* services.c */

@@ -257,6 +257,45 @@ static int svc_reply_header(sb_reply *reply, const char *name, const char *value
                : SB_EINVAL;
 }
 
+/* Offered by switchboard-plugin-host only (see services.h). */
+static sb_fd_watch *svc_fd_watch(sb_plugin *self, sb_instance *inst, int fd, int what, sb_fd_fn fn,
+                                 void *arg)
+{
+    (void)self, (void)inst, (void)fd, (void)what, (void)fn, (void)arg;
+    return NULL;
+}
+
+static void svc_fd_unwatch(sb_fd_watch *watch)
+{
+    (void)watch;
+}
+
+static sb_proc *svc_proc_spawn(sb_plugin *self, sb_instance *inst, const char *const *argv,
+                               const char *const *envp, const sb_proc_fd *fds, size_t n_fds,
+                               sb_proc_exit_fn exit_fn, void *arg)
+{
+    (void)self, (void)inst, (void)argv, (void)envp, (void)fds, (void)n_fds, (void)exit_fn,
+        (void)arg;
+    return NULL;
+}
+
+static long svc_proc_pid(sb_proc *proc)
+{
+    (void)proc;
+    return SB_ENOTAVAIL;
+}
+
+static int svc_proc_signal(sb_proc *proc, int sig)
+{
+    (void)proc, (void)sig;
+    return SB_ENOTAVAIL;
+}
+
+static void svc_proc_release(sb_proc *proc)
+{
+    (void)proc;
+}
+
 static const sb_host_services services = {
     .struct_size = sizeof(sb_host_services),
     .abi_major = SB_ABI_MAJOR,
@@ -278,6 +317,12 @@ static const sb_host_services services = {
     .metric_add = svc_metric_add,
     .instance_plugin = svc_instance_plugin,
     .reply_header = svc_reply_header,
+    .fd_watch = svc_fd_watch,
+    .fd_unwatch = svc_fd_unwatch,
+    .proc_spawn = svc_proc_spawn,
+    .proc_pid = svc_proc_pid,
+    .proc_signal = svc_proc_signal,
+    .proc_release = svc_proc_release,
 };
 
 const sb_host_services *sbh_services(void)

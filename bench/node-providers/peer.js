@@ -1,6 +1,7 @@
 'use strict';
-// The Node.js peer of bench/providers-meta-telegram.sh: switchboard's provider
-// jobs done with the usual Node.js tools against the same loopback fakes.
+// The Node.js peer of bench/providers-meta-telegram.sh and
+// bench/providers-messenger-instagram.sh: switchboard's provider jobs done
+// with the usual Node.js tools against the same loopback fakes.
 //
 //   node peer.js serve   one service on 127.0.0.1:$PORT (Express 5):
 //     POST /tg/webhook  grammY's webhookCallback(bot, "express", {secretToken}):
@@ -17,17 +18,23 @@
 //                       after it. (node's fetch did ~520/s here, timing out some.)
 //     POST /wa/send-sdk the same through facebook-nodejs-business-sdk
 //                       (FacebookAdsApi.call with the fake as urlOverride).
+//     POST /fb/webhook, /ig/webhook  as /wa/webhook with FB_APP_SECRET / IG_APP_SECRET
+//                       (Messenger and Instagram sign webhooks the same way).
+//     POST /fb/send, /ig/send  {"to","text"}: the Send API, POST /<version>/me/messages
+//                       {recipient:{id}, messaging_type: RESPONSE, message:{text}} with
+//                       node:http, Bearer FB_TOKEN / IG_TOKEN, answered after it.
 //     GET  /healthz
 //
 // Environment: PORT, TG_API_ROOT (fake Bot API base), TG_TOKEN, TG_SECRET,
-// GRAPH_BASE (fake Graph API base), WA_PHONE_ID, WA_TOKEN, WA_APP_SECRET.
+// GRAPH_BASE (fake Graph API base), WA_PHONE_ID, WA_TOKEN, WA_APP_SECRET,
+// FB_TOKEN, FB_APP_SECRET, IG_TOKEN, IG_APP_SECRET (each job needs only its own).
 const crypto = require('node:crypto');
 const http = require('node:http');
 const express = require('express');
 const { Bot, webhookCallback } = require('grammy');
 const bizSdk = require('facebook-nodejs-business-sdk');
 
-const env = process.env;
+const env = { TG_TOKEN: '1:unused', WA_TOKEN: 'unused', ...process.env };
 const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
 
 const bot = new Bot(env.TG_TOKEN, {
@@ -54,11 +61,11 @@ app.post('/tg/send', express.json(), async (req, res) => {
   }
 });
 
-// Meta: verify the raw body before parsing it.
-app.post('/wa/webhook', express.raw({ type: '*/*', limit: '3mb' }), (req, res) => {
+// Meta: verify the raw body before parsing it (WhatsApp, Messenger and Instagram alike).
+const metaWebhook = (secret) => (req, res) => {
   const sig = req.get('x-hub-signature-256') || '';
   if (!sig.startsWith('sha256=')) return res.status(401).end();
-  const want = crypto.createHmac('sha256', env.WA_APP_SECRET).update(req.body).digest();
+  const want = crypto.createHmac('sha256', secret || '').update(req.body).digest();
   const got = Buffer.from(sig.slice(7), 'hex');
   if (got.length !== want.length || !crypto.timingSafeEqual(got, want)) return res.status(403).end();
   try {
@@ -67,7 +74,11 @@ app.post('/wa/webhook', express.raw({ type: '*/*', limit: '3mb' }), (req, res) =
     return res.status(400).end();
   }
   res.status(200).end();
-});
+};
+const rawBody = express.raw({ type: '*/*', limit: '3mb' });
+app.post('/wa/webhook', rawBody, metaWebhook(env.WA_APP_SECRET));
+app.post('/fb/webhook', rawBody, metaWebhook(env.FB_APP_SECRET));
+app.post('/ig/webhook', rawBody, metaWebhook(env.IG_APP_SECRET));
 
 const waUrl = `${env.GRAPH_BASE}/v23.0/${env.WA_PHONE_ID}/messages`;
 const waBody = (m) => ({
@@ -105,6 +116,20 @@ app.post('/wa/send', express.json(), async (req, res) => {
     res.status(502).json({ ok: false, error: String(e.message) });
   }
 });
+
+// Messenger / Instagram Send API, answered with message_id after Meta answered.
+const sendApi = (token) => async (req, res) => {
+  try {
+    const r = await postJson(`${env.GRAPH_BASE}/v23.0/me/messages`, { Authorization: `Bearer ${token}` },
+      { recipient: { id: req.body.to }, messaging_type: 'RESPONSE', message: { text: req.body.text } });
+    if (r.status !== 200) return res.status(502).json({ ok: false, error: r.json });
+    res.json({ ok: true, id: r.json.message_id });
+  } catch (e) {
+    res.status(502).json({ ok: false, error: String(e.message) });
+  }
+};
+app.post('/fb/send', express.json(), sendApi(env.FB_TOKEN));
+app.post('/ig/send', express.json(), sendApi(env.IG_TOKEN));
 
 const fbApi = bizSdk.FacebookAdsApi.init(env.WA_TOKEN);
 app.post('/wa/send-sdk', express.json(), async (req, res) => {

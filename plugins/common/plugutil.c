@@ -308,6 +308,39 @@ void pu_mp_end(struct pu_multipart *mp)
     pu_buf_str(&mp->buf, "--\r\n");
 }
 
+int pu_mp_upload(struct pu_multipart *mp, const json_t *fields, const char *file_field,
+                 const json_t *media, const char *dflt_filename, const char **why)
+{
+    unsigned char *data = NULL;
+    size_t len = 0;
+    const char *key, *b64 = pu_jstr(media, "data_base64"), *filename = pu_jstr(media, "filename");
+    json_t *v;
+
+    if (!b64 || pu_base64_decode(b64, &data, &len)) {
+        *why = "media.data_base64 is not valid base64";
+        return -1;
+    }
+    pu_mp_init(mp);
+    json_object_foreach ((json_t *)fields, key, v) {
+        char *text = json_is_string(v) ? pu_strdup(json_string_value(v))
+                                       : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!text)
+            mp->buf.oom = 1;
+        else
+            pu_mp_field(mp, key, text);
+        free(text);
+    }
+    pu_mp_file(mp, file_field, filename && *filename ? filename : dflt_filename,
+               pu_jstr(media, "mime_type"), data, len);
+    pu_mp_end(mp);
+    free(data);
+    if (mp->buf.oom) {
+        pu_buf_free(&mp->buf);
+        return -2;
+    }
+    return 0;
+}
+
 void pu_reply_error(const sb_host_services *host, sb_reply *reply, int status, const char *code,
                     const char *message)
 {

@@ -63,6 +63,15 @@ void pu_mp_field(struct pu_multipart *mp, const char *name, const char *value);
 void pu_mp_file(struct pu_multipart *mp, const char *name, const char *filename, const char *mime,
                 const unsigned char *data, size_t len);
 void pu_mp_end(struct pu_multipart *mp);
+/*
+ * A whole upload body: every member of fields as a text part (strings as
+ * they are, anything else as compact JSON), then the bytes of a message's
+ * media.data_base64 as the file part file_field (media.filename, else
+ * dflt_filename; media.mime_type). 0; -1 with *why when the base64 is bad;
+ * -2 out of memory. On success the caller owns mp->buf (pu_buf_free).
+ */
+int pu_mp_upload(struct pu_multipart *mp, const json_t *fields, const char *file_field,
+                 const json_t *media, const char *dflt_filename, const char **why);
 
 /* A request's or response's header (case-insensitive), or NULL. */
 const char *pu_req_header(const sb_http_request *req, const char *name);

@@ -2,7 +2,9 @@
  * instagram: Instagram Messaging through the Graph API (Instagram API with
  * Instagram Login: graph.instagram.com). The Send API and the messaging[]
  * webhooks are shared with Messenger in meta-common/messaging.c. Choices go
- * out as quick replies; inbound story replies and story mentions are
+ * out as quick replies; a message's "template" (generic or button, the two
+ * the Instagram API with Instagram Login documents) goes out as a template
+ * attachment, as on Messenger; inbound story replies and story mentions are
  * flagged in the event ("story_reply": {id, url}, "story_mention": {url}).
  */
 #include <switchboard/switchboard.h>
@@ -26,7 +28,9 @@ static const struct mm_flavour instagram = {.name = "instagram",
                                             .default_base = "https://graph.instagram.com",
                                             .token_key = "access_token",
                                             .button_template = 0,
-                                            .profile = 0};
+                                            .profile = 0,
+                                            .templates = 1,
+                                            .template_types = "generic button"};
 
 static int instagram_start(sb_instance *inst, const json_t *settings, void **state)
 {

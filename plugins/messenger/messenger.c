@@ -33,7 +33,9 @@ static const struct mm_flavour messenger = {.name = "messenger",
                                             .token_key = "page_access_token",
                                             .button_template = 1,
                                             .profile = 1,
-                                            .templates = 1};
+                                            .templates = 1,
+                                            .uploads = 1,
+                                            .replies = 1};
 
 static int messenger_start(sb_instance *inst, const json_t *settings, void **state)
 {

@@ -22,6 +22,10 @@ struct mm_send {
     sb_send_done_fn done;
     void *done_arg;
     json_t *first, *second; /* request bodies; second may be NULL */
+    /* An uploaded attachment: the last request goes as this multipart body
+     * (its JSON body's members as form fields, plus filedata) instead. */
+    struct pu_multipart upload;
+    int has_upload;
 };
 
 struct mm_instance {
@@ -32,7 +36,7 @@ struct mm_instance {
     int auth_failed;
     sb_http_call *probe, *profile_call;
     struct mm_send *sends;
-    unsigned long sent, failed, received, skipped;
+    unsigned long sent, failed, received, skipped, degraded;
 };
 
 static const sb_host_services *host;
@@ -60,24 +64,37 @@ void mm_shutdown(sb_plugin *self)
 
 /* ---- Graph calls ---- */
 
-static sb_http_call *graph_call(struct mm_instance *mi, const char *method, const char *edge,
-                                const json_t *body, sb_http_done_fn fn, void *arg)
+/* <method> <api_base>/<version>/me[/<edge>] with a body of type ctype (none when NULL). */
+static sb_http_call *graph_call_raw(struct mm_instance *mi, const char *method, const char *edge,
+                                    const char *body, size_t len, const char *ctype,
+                                    sb_http_done_fn fn, void *arg)
 {
     char *url =
         pu_printf("%s/%s/me%s%s", mi->api_base, mi->version, edge ? "/" : "", edge ? edge : "");
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    sb_header headers[2] = {{"Authorization", mi->auth}, {"Content-Type", "application/json"}};
+    sb_header headers[2] = {{"Authorization", mi->auth}, {"Content-Type", ctype}};
     sb_http_request req = {.method = method,
                            .url = url,
                            .headers = headers,
-                           .n_headers = body ? 2 : 1,
-                           .body = (const unsigned char *)text,
-                           .body_len = text ? strlen(text) : 0};
+                           .n_headers = ctype ? 2 : 1,
+                           .body = (const unsigned char *)body,
+                           .body_len = len};
     sb_http_call *call = NULL;
 
-    if (url && (text || !body))
+    if (url)
         call = host->http_request(plugin_self, mi->inst, &req, fn, arg);
     free(url);
+    return call;
+}
+
+static sb_http_call *graph_call(struct mm_instance *mi, const char *method, const char *edge,
+                                const json_t *body, sb_http_done_fn fn, void *arg)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    sb_http_call *call = NULL;
+
+    if (text || !body)
+        call = graph_call_raw(mi, method, edge, text, text ? strlen(text) : 0,
+                              body ? "application/json" : NULL, fn, arg);
     free(text);
     return call;
 }
@@ -109,7 +126,20 @@ static void send_free(struct mm_send *s)
 {
     json_decref(s->first);
     json_decref(s->second);
+    if (s->has_upload)
+        pu_buf_free(&s->upload.buf);
     free(s);
+}
+
+static void on_sent(void *arg, const sb_http_response *resp);
+
+/* Put s->first on the wire: the upload's multipart body when it is the last request. */
+static sb_http_call *send_next(struct mm_send *s)
+{
+    if (s->has_upload && !s->second)
+        return graph_call_raw(s->mi, "POST", "messages", s->upload.buf.p, s->upload.buf.len,
+                              s->upload.content_type, on_sent, s);
+    return graph_call(s->mi, "POST", "messages", s->first, on_sent, s);
 }
 
 static void on_sent(void *arg, const sb_http_response *resp)
@@ -127,7 +157,7 @@ static void on_sent(void *arg, const sb_http_response *resp)
         json_decref(s->first);
         s->first = s->second;
         s->second = NULL;
-        s->call = graph_call(s->mi, "POST", "messages", s->first, on_sent, s);
+        s->call = send_next(s);
         if (s->call) {
             json_decref(r.body);
             return;
@@ -183,6 +213,19 @@ static const char *attachment_type(const char *mime)
     return strcmp(kind, "document") ? kind : "file";
 }
 
+/* 1 when list (space-separated words; NULL means any) holds word. */
+static int word_in(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+
+    if (!list)
+        return 1;
+    for (const char *p = list; (p = strstr(p, word)); p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
 /*
  * A Messenger template (Send API: message.attachment {type: template,
  * payload: {template_type: button|generic|media|..., ...}}), the message's
@@ -206,6 +249,10 @@ static json_t *build_template(struct mm_instance *mi, const json_t *msg, json_t 
     if (!json_is_object(tmpl) || !type || !*type) {
         *why = "a Messenger template is a payload with a template_type (button, generic, media, "
                "...); a WhatsApp template name cannot be sent here";
+        return NULL;
+    }
+    if (!word_in(mi->fl->template_types, type)) {
+        *why = "Instagram takes generic and button templates only";
         return NULL;
     }
     if (json_object_get(msg, "media")) {
@@ -238,6 +285,20 @@ static json_t *build_template(struct mm_instance *mi, const json_t *msg, json_t 
     return envelope(msg, message);
 }
 
+/*
+ * The text of a message whose uploaded media a provider cannot take (the
+ * Instagram API with Instagram Login sends media by URL only): the text, the
+ * caption, and the note the host's own degradation writes (malloc'd).
+ */
+static char *media_left_out(const char *text, const char *caption)
+{
+    static const char note[] = "[an attachment this provider cannot show was left out]";
+    int t = text && *text, c = caption && *caption;
+
+    return pu_printf("%s%s%s%s%s", t ? text : "", t ? "\n\n" : "", c ? caption : "", c ? "\n" : "",
+                     note);
+}
+
 /* The request bodies for one message; NULL with *why when it cannot be sent. */
 static json_t *build(struct mm_instance *mi, const json_t *msg, json_t **second, const char **why)
 {
@@ -259,14 +320,13 @@ static json_t *build(struct mm_instance *mi, const json_t *msg, json_t **second,
     if (json_is_object(media)) {
         const char *url = json_string_value(json_object_get(media, "url"));
         const char *caption = json_string_value(json_object_get(media, "caption"));
+        const char *type = attachment_type(json_string_value(json_object_get(media, "mime_type")));
 
-        if (!url) {
-            *why = "this provider sends media by url only (media.data_base64 is not supported)";
-            return NULL;
-        }
-        attach = json_pack("{s:{s:s,s:{s:s,s:b}}}", "attachment", "type",
-                           attachment_type(json_string_value(json_object_get(media, "mime_type"))),
-                           "payload", "url", url, "is_reusable", 1);
+        /* Uploaded (Send API with filedata): the payload carries no url. */
+        attach = url ? json_pack("{s:{s:s,s:{s:s,s:b}}}", "attachment", "type", type, "payload",
+                                 "url", url, "is_reusable", 1)
+                     : json_pack("{s:{s:s,s:{s:b}}}", "attachment", "type", type, "payload",
+                                 "is_reusable", 1);
         /* An attachment carries no text: caption and text go first, as a text message. */
         if (caption && *caption && !(text && *text))
             text = caption;
@@ -304,21 +364,95 @@ static json_t *build(struct mm_instance *mi, const json_t *msg, json_t **second,
     return envelope(msg, message);
 }
 
-int mm_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn done, void *done_arg)
+/*
+ * A provider without uploads gets the message with its data_base64 media
+ * replaced by a note in the text (new reference), as the host degrades what
+ * a provider cannot show; NULL when there is nothing to change.
+ */
+static json_t *without_upload(struct mm_instance *mi, const json_t *msg)
+{
+    json_t *media = json_object_get(msg, "media"), *copy;
+    char *text;
+
+    if (mi->fl->uploads || !json_is_object(media) || json_object_get(media, "url") ||
+        !json_object_get(media, "data_base64"))
+        return NULL;
+    copy = json_copy((json_t *)msg);
+    text = media_left_out(pu_jstr(msg, "text"), pu_jstr(media, "caption"));
+    if (!copy || !text) {
+        json_decref(copy);
+        free(text);
+        return NULL;
+    }
+    json_object_del(copy, "media");
+    json_object_set_new(copy, "text", json_string(text));
+    free(text);
+    mi->degraded++;
+    host->metric_add(plugin_self, mi->inst, "media_degraded", 1);
+    host->log(plugin_self, mi->inst, SB_LOG_INFO,
+              "media.data_base64 cannot be uploaded to %s: sent as text", mi->fl->name);
+    return copy;
+}
+
+/*
+ * reply_to (Messenger): the Send API's top-level reply_to {mid} (Graph API
+ * reference, Page Messages: a parameter beside recipient and message) on the
+ * first request, so the first bubble quotes the message. 0, or -1 out of memory.
+ */
+static int reply_to(struct mm_instance *mi, json_t *first, const json_t *msg)
+{
+    const char *mid = pu_jstr(msg, "reply_to");
+
+    if (!mi->fl->replies || !mid || !*mid)
+        return 0;
+    return json_object_set_new(first, "reply_to", json_pack("{s:s}", "mid", mid));
+}
+
+/* The multipart body of an uploaded attachment: the last request's members and filedata. */
+static int build_upload(struct mm_send *s, const json_t *msg, const char **why)
+{
+    json_t *media = json_object_get(msg, "media");
+    const json_t *last = s->second ? s->second : s->first;
+
+    if (!json_is_object(media) || json_object_get(media, "url") ||
+        !json_object_get(media, "data_base64"))
+        return 0;
+    switch (pu_mp_upload(&s->upload, last, "filedata", media, "upload", why)) {
+    case 0:
+        s->has_upload = 1;
+        return 0;
+    case -1:
+        return -1;
+    default:
+        *why = NULL; /* out of memory */
+        return -1;
+    }
+}
+
+int mm_send(sb_instance *inst, void *state, const json_t *msg_in, sb_send_done_fn done,
+            void *done_arg)
 {
     struct mm_instance *mi = state;
     const char *why = NULL;
     struct mm_send *s = calloc(1, sizeof(*s));
+    json_t *degraded = without_upload(mi, msg_in);
+    const json_t *msg = degraded ? degraded : msg_in;
 
-    if (!s)
+    if (!s) {
+        json_decref(degraded);
         return -1;
+    }
     s->mi = mi;
     s->done = done;
     s->done_arg = done_arg;
     if (!json_is_string(json_object_get(msg, "to")))
         why = "\"to\" must be the recipient's id";
-    else
-        s->first = build(mi, msg, &s->second, &why);
+    else if ((s->first = build(mi, msg, &s->second, &why)) &&
+             (reply_to(mi, s->first, msg) || build_upload(s, msg, &why))) {
+        json_decref(s->first);
+        s->first = NULL;
+    }
+    json_decref(degraded);
     if (!s->first) {
         sb_send_result res = {.error_code = "invalid_message",
                               .error_message = why ? why : "out of memory"};
@@ -327,7 +461,7 @@ int mm_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn d
         done(done_arg, &res);
         return 0;
     }
-    s->call = graph_call(mi, "POST", "messages", s->first, on_sent, s);
+    s->call = send_next(s);
     if (!s->call) {
         send_free(s);
         return -1;
@@ -645,7 +779,8 @@ json_t *mm_status(sb_instance *inst, void *state)
 {
     const struct mm_instance *mi = state;
 
-    return json_pack("{s:s?,s:s,s:I,s:I,s:I,s:I}", "page_id", mi->page_id, "graph_version",
+    return json_pack("{s:s?,s:s,s:I,s:I,s:I,s:I,s:I}", "page_id", mi->page_id, "graph_version",
                      mi->version, "sent", (json_int_t)mi->sent, "failed", (json_int_t)mi->failed,
-                     "received", (json_int_t)mi->received, "skipped", (json_int_t)mi->skipped);
+                     "received", (json_int_t)mi->received, "skipped", (json_int_t)mi->skipped,
+                     "media_degraded", (json_int_t)mi->degraded);
 }

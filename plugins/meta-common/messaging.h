@@ -11,13 +11,16 @@
 #include <switchboard/switchboard.h>
 
 struct mm_flavour {
-    const char *name;         /* "messenger" or "instagram" */
-    const char *object;       /* webhook "object": "page" or "instagram" */
-    const char *default_base; /* Graph host */
-    const char *token_key;    /* settings key of the access token */
-    int button_template;      /* buttons (<= 3) as a button template (Messenger) */
-    int profile;              /* set get_started / persistent_menu on start (Messenger) */
-    int templates;            /* message "template" sent as a template attachment (Messenger) */
+    const char *name;           /* "messenger" or "instagram" */
+    const char *object;         /* webhook "object": "page" or "instagram" */
+    const char *default_base;   /* Graph host */
+    const char *token_key;      /* settings key of the access token */
+    int button_template;        /* buttons (<= 3) as a button template (Messenger) */
+    int profile;                /* set get_started / persistent_menu on start (Messenger) */
+    int templates;              /* message "template" sent as a template attachment */
+    const char *template_types; /* the template_types it takes, space separated; NULL: any */
+    int uploads;                /* media.data_base64 uploaded with the send (filedata; Messenger) */
+    int replies;                /* reply_to sent as the Send API's reply_to {mid} (Messenger) */
 };
 
 int mm_init(const sb_host_services *services, sb_plugin *self, const json_t *config);

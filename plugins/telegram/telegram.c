@@ -26,7 +26,11 @@
  * groups and channels, negative or @ ids, one per pace_group_ms, default
  * 3000 ms = 20 a minute) and the bot at most pace_global_per_second (default
  * 30) in any 1 s window. The queue is FIFO per chat; a chat waiting does not
- * hold back the others. 0 turns a limit off.
+ * hold back the others. 0 turns a limit off. Telegram's limits are per bot,
+ * so the pacer (queue, chat times, the 1 s window) belongs to the bot token:
+ * instances of one token share one, refcounted, in a plugin-wide map keyed by
+ * a hash of the token (the strictest of their settings applies), freed with
+ * the last of them.
  *
  * The bot token is part of every method URL: it is never logged.
  */
@@ -94,6 +98,8 @@ struct tg_call {
 /* A send built and waiting for its chat's and the bot's turn. */
 struct tg_pending {
     struct tg_pending *next;
+    struct tg_instance *ti;                    /* whose send it is */
+    int waited;                                /* it could not go at once */
     char *chat, *method, *body, *content_type; /* content_type NULL: JSON */
     size_t len;
     sb_send_done_fn done;
@@ -105,6 +111,28 @@ struct tg_chat {
     struct tg_chat *next;
     uint64_t next_ok;
     char key[];
+};
+
+/*
+ * The pacing of one bot token, shared by the instances that use it. Its
+ * timer is plugin-wide (no instance), cancelled when the last instance goes.
+ */
+struct tg_pacer {
+    struct tg_pacer *next; /* in its pacers[] bucket */
+    uint64_t token_hash;   /* FNV-1a of the token; members[0]'s token decides */
+    struct tg_instance *members;
+    unsigned refs;
+    uint32_t pace_chat_ms, pace_group_ms, pace_global; /* strictest of the members' */
+    struct tg_pending *queue, **queue_tail;
+    size_t queued;
+    unsigned long paced;
+    sb_timer *pace_timer;
+    uint64_t pace_timer_at;
+    uint64_t *ring; /* dispatch times of the last pace_global sends */
+    size_t ring_n, ring_pos;
+    struct tg_chat **chats;   /* TG_CHAT_BUCKETS */
+    size_t n_chats, sweep_at; /* entries; a full sweep when n_chats reaches sweep_at */
+    int pumping, pump_again;  /* pump() is not re-entered (done may send) */
 };
 
 struct tg_instance {
@@ -119,18 +147,12 @@ struct tg_instance {
     int auth_failed; /* the last answer said the token is bad */
     struct tg_call *calls;
     unsigned long updates, sent, failed, refused;
-    /* pacing */
+    /* pacing: this instance's settings and counts; the pacer is its token's */
     uint32_t pace_chat_ms, pace_group_ms, pace_global;
-    struct tg_pending *queue, **queue_tail;
-    size_t queued;
-    sb_timer *pace_timer;
-    uint64_t pace_timer_at;
-    uint64_t *ring; /* dispatch times of the last pace_global sends */
-    size_t ring_n, ring_pos;
-    struct tg_chat **chats;   /* TG_CHAT_BUCKETS */
-    size_t n_chats, sweep_at; /* entries; a full sweep when n_chats reaches sweep_at */
-    unsigned long paced;      /* sends that had to wait */
-    int pumping, pump_again;  /* pump() is not re-entered (done may send) */
+    struct tg_pacer *pacer;
+    struct tg_instance *pacer_next; /* the pacer's members */
+    size_t queued;                  /* its sends waiting in the pacer */
+    unsigned long paced;            /* its sends that had to wait */
 };
 
 static const sb_host_services *host;
@@ -660,94 +682,94 @@ static uint32_t chat_hash(const char *key)
  * not pile up; the next sweep waits until the table has doubled (amortised
  * O(1) per entry).
  */
-static void chats_sweep(struct tg_instance *ti, uint64_t now)
+static void chats_sweep(struct tg_pacer *pc, uint64_t now)
 {
     for (size_t i = 0; i < TG_CHAT_BUCKETS; i++) {
-        struct tg_chat **link = &ti->chats[i], *c;
+        struct tg_chat **link = &pc->chats[i], *c;
 
         while ((c = *link)) {
             if (c->next_ok <= now) {
                 *link = c->next;
                 free(c);
-                ti->n_chats--;
+                pc->n_chats--;
             } else {
                 link = &c->next;
             }
         }
     }
-    ti->sweep_at = ti->n_chats * 2 > TG_CHAT_BUCKETS * 4 ? ti->n_chats * 2 : TG_CHAT_BUCKETS * 4;
+    pc->sweep_at = pc->n_chats * 2 > TG_CHAT_BUCKETS * 4 ? pc->n_chats * 2 : TG_CHAT_BUCKETS * 4;
 }
 
 /*
  * The chat's entry (created when create is set; NULL on no memory or when
  * absent). Entries whose time has passed are dropped on the way.
  */
-static struct tg_chat *chat_find(struct tg_instance *ti, const char *key, uint64_t now, int create)
+static struct tg_chat *chat_find(struct tg_pacer *pc, const char *key, uint64_t now, int create)
 {
     struct tg_chat **link, *c;
     size_t len;
 
-    if (!ti->chats && !(ti->chats = calloc(TG_CHAT_BUCKETS, sizeof(*ti->chats))))
+    if (!pc->chats && !(pc->chats = calloc(TG_CHAT_BUCKETS, sizeof(*pc->chats))))
         return NULL;
-    link = &ti->chats[chat_hash(key)];
+    link = &pc->chats[chat_hash(key)];
     while ((c = *link)) {
         if (!strcmp(c->key, key))
             return c;
         if (c->next_ok <= now) {
             *link = c->next;
             free(c);
-            ti->n_chats--;
+            pc->n_chats--;
             continue;
         }
         link = &c->next;
     }
     if (!create)
         return NULL;
-    if (ti->n_chats >= ti->sweep_at)
-        chats_sweep(ti, now);
+    if (pc->n_chats >= pc->sweep_at)
+        chats_sweep(pc, now);
     len = strlen(key) + 1;
     if (!(c = malloc(sizeof(*c) + len)))
         return NULL;
     memcpy(c->key, key, len);
     c->next_ok = 0;
-    c->next = ti->chats[chat_hash(key)];
-    ti->chats[chat_hash(key)] = c;
-    ti->n_chats++;
+    c->next = pc->chats[chat_hash(key)];
+    pc->chats[chat_hash(key)] = c;
+    pc->n_chats++;
     return c;
 }
 
 /* Groups and supergroups have negative ids, channels too (or "@name"). */
-static uint32_t chat_interval(const struct tg_instance *ti, const char *key)
+static uint32_t chat_interval(const struct tg_pacer *pc, const char *key)
 {
-    return key[0] == '-' || key[0] == '@' ? ti->pace_group_ms : ti->pace_chat_ms;
+    return key[0] == '-' || key[0] == '@' ? pc->pace_group_ms : pc->pace_chat_ms;
 }
 
-/* No send to this chat before now + ms (a 429's retry_after). */
-static void chat_hold(struct tg_instance *ti, const char *key, uint32_t ms)
+/* No send of the bot to this chat before now + ms (a 429's retry_after). */
+static void chat_hold(struct tg_pacer *pc, const char *key, uint32_t ms)
 {
     uint64_t now = now_ms();
-    struct tg_chat *c = key ? chat_find(ti, key, now, 1) : NULL;
+    struct tg_chat *c = key ? chat_find(pc, key, now, 1) : NULL;
 
     if (c && c->next_ok < now + ms)
         c->next_ok = now + ms;
 }
 
 /* Earliest time the bot may send again under the global limit. */
-static uint64_t global_ok(const struct tg_instance *ti, uint64_t now)
+static uint64_t global_ok(const struct tg_pacer *pc, uint64_t now)
 {
-    if (!ti->pace_global || ti->ring_n < ti->pace_global)
+    if (!pc->pace_global || pc->ring_n < pc->pace_global)
         return now;
-    return ti->ring[ti->ring_pos] + 1000u;
+    return pc->ring[pc->ring_pos] + 1000u;
 }
 
-static void global_count(struct tg_instance *ti, uint64_t now)
+static void global_count(struct tg_pacer *pc, uint64_t now)
 {
-    if (!ti->pace_global || !ti->ring)
+    if (!pc->pace_global || !pc->ring)
         return;
-    ti->ring[ti->ring_pos] = now;
-    ti->ring_pos = (ti->ring_pos + 1) % ti->pace_global;
-    if (ti->ring_n < ti->pace_global)
-        ti->ring_n++;
+    pc->ring[pc->ring_pos] = now;
+    pc->ring_pos = (pc->ring_pos + 1) % pc->pace_global;
+    if (pc->ring_n < pc->pace_global)
+        pc->ring_n++;
 }
 
 static void pending_free(struct tg_pending *p)
@@ -762,10 +784,14 @@ static void pending_free(struct tg_pending *p)
 static void on_sent(struct tg_call *c, const sb_http_response *resp, json_t *doc);
 
 /* Put the request on the wire; a failure to start is a retryable failure. */
-static void dispatch(struct tg_instance *ti, struct tg_pending *p)
+static void dispatch(struct tg_pending *p)
 {
+    struct tg_instance *ti = p->ti;
     struct tg_call *c = tg_request(ti, p->method, p->body, p->len, p->content_type, 0, on_sent);
 
+    ti->queued--;
+    if (p->waited)
+        ti->paced++;
     if (!c) {
         sb_send_result res = {.ok = 0,
                               .retryable = 1,
@@ -785,80 +811,87 @@ static void dispatch(struct tg_instance *ti, struct tg_pending *p)
 static void pace_fire(void *arg);
 
 /* Send whatever may go now, in order; wake up again when the next may. */
-static void pump(struct tg_instance *ti)
+static void pump(struct tg_pacer *pc)
 {
     uint64_t now, wake, g;
     struct tg_pending **link, *p;
 
-    if (ti->pumping) {
-        ti->pump_again = 1;
+    if (pc->pumping) {
+        pc->pump_again = 1;
         return;
     }
-    ti->pumping = 1;
+    pc->pumping = 1;
 again:
-    ti->pump_again = 0;
+    pc->pump_again = 0;
     now = now_ms();
     wake = UINT64_MAX;
-    g = global_ok(ti, now);
-    link = &ti->queue;
+    g = global_ok(pc, now);
+    link = &pc->queue;
     while ((p = *link)) {
         struct tg_chat *c;
         uint32_t gap;
 
         if (g > now) {
             wake = g;
+            for (; p; p = p->next)
+                p->waited = 1;
             break;
         }
-        c = chat_find(ti, p->chat, now, 0);
+        c = chat_find(pc, p->chat, now, 0);
         if (c && c->next_ok > now) {
             if (c->next_ok < wake)
                 wake = c->next_ok;
+            p->waited = 1;
             link = &p->next;
             continue;
         }
-        gap = chat_interval(ti, p->chat);
-        if (gap && (c || (c = chat_find(ti, p->chat, now, 1))))
+        gap = chat_interval(pc, p->chat);
+        if (gap && (c || (c = chat_find(pc, p->chat, now, 1))))
             c->next_ok = now + gap;
         *link = p->next;
-        if (ti->queue_tail == &p->next)
-            ti->queue_tail = link;
-        ti->queued--;
-        global_count(ti, now);
-        g = global_ok(ti, now);
-        dispatch(ti, p);
+        if (pc->queue_tail == &p->next)
+            pc->queue_tail = link;
+        pc->queued--;
+        if (p->waited)
+            pc->paced++;
+        global_count(pc, now);
+        g = global_ok(pc, now);
+        dispatch(p);
     }
-    if (ti->pump_again)
+    if (pc->pump_again)
         goto again;
-    ti->pumping = 0;
-    if (!ti->queue) {
-        ti->queue_tail = &ti->queue;
+    pc->pumping = 0;
+    if (!pc->queue) {
+        pc->queue_tail = &pc->queue;
         wake = UINT64_MAX;
     }
-    if (ti->pace_timer && ti->pace_timer_at != wake) {
-        host->timer_cancel(ti->pace_timer);
-        ti->pace_timer = NULL;
+    if (pc->pace_timer && pc->pace_timer_at != wake) {
+        host->timer_cancel(pc->pace_timer);
+        pc->pace_timer = NULL;
     }
-    if (wake != UINT64_MAX && !ti->pace_timer) {
-        ti->pace_timer_at = wake;
-        ti->pace_timer =
-            host->timer_start(plugin_self, ti->inst, (uint32_t)(wake - now), 0, pace_fire, ti);
-        if (!ti->pace_timer)
-            host->log(plugin_self, ti->inst, SB_LOG_ERROR, "could not start the pacing timer");
+    if (wake != UINT64_MAX && !pc->pace_timer) {
+        pc->pace_timer_at = wake;
+        /* Plugin-wide: the pacer outlives any one of its instances. */
+        pc->pace_timer =
+            host->timer_start(plugin_self, NULL, (uint32_t)(wake - now), 0, pace_fire, pc);
+        if (!pc->pace_timer)
+            host->log(plugin_self, NULL, SB_LOG_ERROR, "could not start the pacing timer");
     }
 }
 
 static void pace_fire(void *arg)
 {
-    struct tg_instance *ti = arg;
+    struct tg_pacer *pc = arg;
 
-    ti->pace_timer = NULL;
-    pump(ti);
+    pc->pace_timer = NULL;
+    pump(pc);
 }
 
 /* Queue one built request (takes body) and let out what may go. */
 static int enqueue(struct tg_instance *ti, const char *chat, const char *method, char *body,
                    size_t len, const char *content_type, sb_send_done_fn done, void *done_arg)
 {
+    struct tg_pacer *pc = ti->pacer;
     struct tg_pending *p = calloc(1, sizeof(*p));
 
     if (!p || !(p->chat = pu_strdup(chat)) || !(p->method = pu_strdup(method)) ||
@@ -868,21 +901,162 @@ static int enqueue(struct tg_instance *ti, const char *chat, const char *method,
         free(body);
         return -1;
     }
+    p->ti = ti;
     p->body = body;
     p->len = len;
     p->done = done;
     p->done_arg = done_arg;
-    if (ti->queue) {
-        uint64_t now = now_ms();
-        struct tg_chat *c = chat_find(ti, chat, now, 0);
-        if ((c && c->next_ok > now) || global_ok(ti, now) > now)
-            ti->paced++;
-    }
-    *ti->queue_tail = p;
-    ti->queue_tail = &p->next;
+    *pc->queue_tail = p;
+    pc->queue_tail = &p->next;
+    pc->queued++;
     ti->queued++;
-    pump(ti);
+    pump(pc);
     return 0;
+}
+
+/* ---- the pacers of the plugin, one per bot token ---- */
+
+#define TG_PACER_BUCKETS 256u
+static struct tg_pacer *pacers[TG_PACER_BUCKETS];
+
+static uint64_t token_hash(const char *token)
+{
+    uint64_t h = 14695981039346656037ull;
+
+    while (*token)
+        h = (h ^ (unsigned char)*token++) * 1099511628211ull;
+    return h;
+}
+
+/* The ring keeps the newest of its times when the bot's limit changes. */
+static int ring_resize(struct tg_pacer *pc, uint32_t cap)
+{
+    uint64_t *ring = NULL;
+    size_t keep = 0;
+
+    if (cap == pc->pace_global)
+        return 0;
+    if (cap && !(ring = calloc(cap, sizeof(*ring))))
+        return -1;
+    if (cap && pc->ring) {
+        size_t old = pc->pace_global, first;
+
+        keep = pc->ring_n < cap ? pc->ring_n : cap;
+        first = (pc->ring_pos + old - keep) % old; /* the oldest of the newest keep */
+        for (size_t i = 0; i < keep; i++)
+            ring[i] = pc->ring[(first + i) % old];
+    }
+    free(pc->ring);
+    pc->ring = ring;
+    pc->ring_n = keep;
+    pc->ring_pos = cap ? keep % cap : 0;
+    pc->pace_global = cap;
+    return 0;
+}
+
+/* The strictest settings of the members: longest gaps, smallest non-zero bot limit. */
+static int pacer_settle(struct tg_pacer *pc)
+{
+    uint32_t chat = 0, group = 0, global = 0;
+
+    for (struct tg_instance *m = pc->members; m; m = m->pacer_next) {
+        chat = m->pace_chat_ms > chat ? m->pace_chat_ms : chat;
+        group = m->pace_group_ms > group ? m->pace_group_ms : group;
+        if (m->pace_global && (!global || m->pace_global < global))
+            global = m->pace_global;
+    }
+    pc->pace_chat_ms = chat;
+    pc->pace_group_ms = group;
+    return ring_resize(pc, global);
+}
+
+static void pacer_free(struct tg_pacer *pc)
+{
+    if (pc->pace_timer)
+        host->timer_cancel(pc->pace_timer);
+    if (pc->chats) {
+        for (size_t i = 0; i < TG_CHAT_BUCKETS; i++)
+            while (pc->chats[i]) {
+                struct tg_chat *c = pc->chats[i];
+                pc->chats[i] = c->next;
+                free(c);
+            }
+        free(pc->chats);
+    }
+    free(pc->ring);
+    free(pc);
+}
+
+/* Join the pacer of ti's token (made when ti is its first instance). */
+static int pacer_join(struct tg_instance *ti)
+{
+    uint64_t h = token_hash(ti->token);
+    struct tg_pacer **bucket = &pacers[h % TG_PACER_BUCKETS], *pc;
+
+    for (pc = *bucket; pc; pc = pc->next)
+        if (pc->token_hash == h && !strcmp(pc->members->token, ti->token))
+            break;
+    if (!pc) {
+        if (!(pc = calloc(1, sizeof(*pc))))
+            return -1;
+        pc->token_hash = h;
+        pc->queue_tail = &pc->queue;
+        pc->next = *bucket;
+        *bucket = pc;
+    }
+    ti->pacer_next = pc->members;
+    pc->members = ti;
+    pc->refs++;
+    ti->pacer = pc;
+    if (pacer_settle(pc) == 0)
+        return 0;
+    host->log(plugin_self, ti->inst, SB_LOG_ERROR, "out of memory for the pacer");
+    return 0; /* the old window stays; pacing still works on it */
+}
+
+/* Leave the pacer: ti's queued sends fail (retryable); the last member frees it. */
+static void pacer_leave(struct tg_instance *ti)
+{
+    struct tg_pacer *pc = ti->pacer, **link;
+    struct tg_pending **pl, *p;
+    struct tg_instance **ml;
+
+    if (!pc)
+        return;
+    ti->pacer = NULL;
+    for (pl = &pc->queue; (p = *pl);) {
+        sb_send_result res = {.ok = 0,
+                              .retryable = 1,
+                              .error_code = "instance_stopped",
+                              .error_message = "the instance stopped before the message went out"};
+        if (p->ti != ti) {
+            pl = &p->next;
+            continue;
+        }
+        *pl = p->next;
+        pc->queued--;
+        ti->queued--;
+        p->done(p->done_arg, &res);
+        pending_free(p);
+    }
+    pc->queue_tail = &pc->queue;
+    for (p = pc->queue; p; p = p->next)
+        pc->queue_tail = &p->next;
+    for (ml = &pc->members; *ml && *ml != ti; ml = &(*ml)->pacer_next)
+        ;
+    if (*ml)
+        *ml = ti->pacer_next;
+    if (--pc->refs) {
+        pacer_settle(pc); /* the limits may loosen: let out what now may go */
+        pump(pc);
+        return;
+    }
+    for (link = &pacers[pc->token_hash % TG_PACER_BUCKETS]; *link && *link != pc;
+         link = &(*link)->next)
+        ;
+    if (*link)
+        *link = pc->next;
+    pacer_free(pc);
 }
 
 /* ---- sending ---- */
@@ -926,7 +1100,7 @@ static void on_sent(struct tg_call *c, const sb_http_response *resp, json_t *doc
         res.retryable = ec == 429 || ec >= 500 || resp->status >= 500;
         res.retry_after_ms = res.retryable ? tg_retry_after(resp, doc) : 0;
         if (ec == 429 && res.retry_after_ms)
-            chat_hold(ti, c->chat, res.retry_after_ms);
+            chat_hold(ti->pacer, c->chat, res.retry_after_ms);
         snprintf(code, sizeof(code), "telegram_%d", ec);
         if (json_is_integer(migrate))
             snprintf(msgbuf, sizeof(msgbuf), "%s (the group is now chat %" JSON_INTEGER_FORMAT ")",
@@ -1050,39 +1224,6 @@ static char *caption_of(const json_t *msg, const json_t *media)
     return pu_strdup(text && *text ? text : cap);
 }
 
-/* A multipart upload of media.data_base64; the other fields as form fields. */
-static int build_upload(const char *field, const json_t *media, json_t *body,
-                        struct pu_multipart *mp, const char **why)
-{
-    unsigned char *data = NULL;
-    size_t len = 0;
-    const char *key;
-    json_t *v;
-    const char *filename = json_string_value(json_object_get(media, "filename"));
-
-    if (pu_base64_decode(json_string_value(json_object_get(media, "data_base64")), &data, &len)) {
-        *why = "media.data_base64 is not valid base64";
-        return -1;
-    }
-    pu_mp_init(mp);
-    json_object_foreach (body, key, v) {
-        char *text = json_is_string(v) ? pu_strdup(json_string_value(v))
-                                       : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (text)
-            pu_mp_field(mp, key, text);
-        free(text);
-    }
-    pu_mp_file(mp, field, filename ? filename : field,
-               json_string_value(json_object_get(media, "mime_type")), data, len);
-    pu_mp_end(mp);
-    free(data);
-    if (mp->buf.oom) {
-        pu_buf_free(&mp->buf);
-        return -2;
-    }
-    return 0;
-}
-
 static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_done_fn done,
                    void *done_arg)
 {
@@ -1111,7 +1252,7 @@ static int tg_send(sb_instance *inst, void *state, const json_t *msg, sb_send_do
                 json_object_set_new(body, field, json_string(url));
             } else {
                 struct pu_multipart mp;
-                int r = build_upload(field, media, body, &mp, &why);
+                int r = pu_mp_upload(&mp, body, field, media, field, &why);
 
                 if (r == 0) {
                     /* The buffer becomes the pending body; the boundary type is copied. */
@@ -1156,16 +1297,6 @@ static void ti_free(struct tg_instance *ti)
     free(ti->api_base);
     free(ti->webhook_url);
     json_decref(ti->allowed_updates);
-    if (ti->chats) {
-        for (size_t i = 0; i < TG_CHAT_BUCKETS; i++)
-            while (ti->chats[i]) {
-                struct tg_chat *c = ti->chats[i];
-                ti->chats[i] = c->next;
-                free(c);
-            }
-        free(ti->chats);
-    }
-    free(ti->ring);
     free(ti);
 }
 
@@ -1216,12 +1347,9 @@ static int tg_instance_start(sb_instance *inst, const json_t *settings, void **s
         json_is_integer(timeout) ? (int)json_integer_value(timeout) : TG_DEFAULT_POLL_TIMEOUT;
     if (json_is_array(allowed))
         ti->allowed_updates = json_deep_copy(allowed);
-    ti->queue_tail = &ti->queue;
     ti->pace_chat_ms = setting_uint(settings, "pace_chat_ms", TG_PACE_CHAT_MS);
     ti->pace_group_ms = setting_uint(settings, "pace_group_ms", TG_PACE_GROUP_MS);
     ti->pace_global = setting_uint(settings, "pace_global_per_second", TG_PACE_GLOBAL);
-    if (ti->pace_global && !(ti->ring = calloc(ti->pace_global, sizeof(*ti->ring))))
-        return fail_start(inst, ti, "out of memory");
     if (!ti->token)
         return fail_start(inst, ti, "settings.bot_token is required");
     if (!ti->api_base)
@@ -1236,6 +1364,8 @@ static int tg_instance_start(sb_instance *inst, const json_t *settings, void **s
         if (!ti->webhook_url)
             return fail_start(inst, ti, "out of memory");
     }
+    if (pacer_join(ti))
+        return fail_start(inst, ti, "out of memory");
     if (host->kv_get(inst, "offset", &stored) == SB_OK && stored) {
         ti->offset = strtoll(stored, NULL, 10);
         free(stored);
@@ -1254,19 +1384,7 @@ static void tg_instance_stop(sb_instance *inst, void *state)
 
     if (ti->timer)
         host->timer_cancel(ti->timer);
-    if (ti->pace_timer)
-        host->timer_cancel(ti->pace_timer);
-    while (ti->queue) {
-        struct tg_pending *p = ti->queue;
-        sb_send_result res = {.ok = 0,
-                              .retryable = 1,
-                              .error_code = "instance_stopped",
-                              .error_message = "the instance stopped before the message went out"};
-
-        ti->queue = p->next;
-        p->done(p->done_arg, &res);
-        pending_free(p);
-    }
+    pacer_leave(ti);
     while (ti->calls) {
         struct tg_call *c = ti->calls;
 
@@ -1288,13 +1406,18 @@ static void tg_instance_stop(sb_instance *inst, void *state)
 static json_t *tg_status(sb_instance *inst, void *state)
 {
     const struct tg_instance *ti = state;
+    const struct tg_pacer *pc = ti->pacer;
 
-    return json_pack("{s:s,s:s?,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "mode",
-                     ti->webhook_mode ? "webhook" : "polling", "webhook_url", ti->webhook_url,
-                     "offset", (json_int_t)ti->offset, "updates", (json_int_t)ti->updates, "sent",
-                     (json_int_t)ti->sent, "failed", (json_int_t)ti->failed, "refused",
-                     (json_int_t)ti->refused, "queued", (json_int_t)ti->queued, "paced",
-                     (json_int_t)ti->paced);
+    return json_pack(
+        "{s:s,s:s?,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I,s:I,s:I,s:I,s:I}}", "mode",
+        ti->webhook_mode ? "webhook" : "polling", "webhook_url", ti->webhook_url, "offset",
+        (json_int_t)ti->offset, "updates", (json_int_t)ti->updates, "sent", (json_int_t)ti->sent,
+        "failed", (json_int_t)ti->failed, "refused", (json_int_t)ti->refused, "queued",
+        (json_int_t)ti->queued, "paced", (json_int_t)ti->paced,
+        /* the bot token's pacer, shared by its instances */
+        "pacer", "instances", (json_int_t)pc->refs, "queued", (json_int_t)pc->queued, "paced",
+        (json_int_t)pc->paced, "chat_ms", (json_int_t)pc->pace_chat_ms, "group_ms",
+        (json_int_t)pc->pace_group_ms, "global_per_second", (json_int_t)pc->pace_global);
 }
 
 static int tg_init(const sb_host_services *services, sb_plugin *self, const json_t *config)

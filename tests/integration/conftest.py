@@ -35,7 +35,7 @@ ECHO_V2 = "2.0.0-test"
 
 # Variables the daemon reads as overrides: never leak them from the caller.
 _OVERRIDE_RE = re.compile(r"^(MULTI_PROVIDER_PORT|ENABLE_[A-Z0-9_]+|[A-Z0-9_]+_WEBHOOK_PATH"
-                          r"|DATABASE_URL|SWITCHBOARD_MASTER_KEY)$")
+                          r"|DATABASE_URL|SWITCHBOARD_MASTER_KEY|SWITCHBOARD_PLUGIN_HOST)$")
 
 _db_counter = [0]
 

@@ -193,7 +193,7 @@ def test_providers_shape(daemon):
     p = doc["providers"][0]
     assert p["name"] == "echo"
     assert p["version"] == ECHO_V1
-    assert p["abi"] == "1.0"
+    assert p["abi"] == "1.1"
     assert sorted(p["capabilities"]) == sorted(["media", "buttons", "threads", "webhook"])
     assert p["state"] == "running"
     assert p["generation"] == 1

@@ -2,6 +2,7 @@
 object "instagram", DMs, story replies and mentions flagged, quick replies,
 read statuses, and Send API bodies."""
 
+import base64
 import time
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from conftest import wait_until
 from fakeprovider import SSE, send, wait_state
 from fakes.meta import FakeGraph, post_webhook
-from providers import create_instance, inbound_messages, start_daemon, wait_instance_state
+from providers import (create_instance, inbound_messages, instance_status, metric, start_daemon,
+                       wait_instance_state)
 
 TOKEN = "IGQVfaketoken"
 APP_SECRET = "ig-app-secret"
@@ -98,3 +100,53 @@ def test_send_and_read_status(make_daemon, graph):
     read = ig_event(item(sender={"id": IGSID}, read={"mid": doc["provider_message_id"]}))
     assert post_webhook(d, "/webhook/instagram/" + iid, read, secret=APP_SECRET).status == 200
     wait_state(d, acc["id"], "read")
+
+
+def test_uploaded_media_degraded_to_text(make_daemon, graph):
+    """The Instagram API with Instagram Login takes media by URL only: data_base64 media is
+    sent as the text with the caption and a note, counted as media_degraded."""
+    d = start_daemon(make_daemon, "instagram")
+    iid = instance(d, graph)
+    acc = send(d, iid, {"to": IGSID, "text": "Here it is",
+                        "media": {"data_base64": base64.b64encode(b"\x89PNG").decode(),
+                                  "mime_type": "image/png", "caption": "our menu"}})
+    wait_state(d, acc["id"], "sent")
+    r = graph.messages()[-1]
+    assert r.headers["content-type"] == "application/json", r.headers
+    assert r.params["message"] == {"text": "Here it is\n\nour menu\n[an attachment this provider "
+                                           "cannot show was left out]"}, r.params
+    assert instance_status(d, iid)["provider_status"]["media_degraded"] == 1
+    assert metric(d, "switchboard_plugin_media_degraded_total", provider="instagram",
+                  instance=iid) == 1
+
+
+def test_generic_and_button_templates(make_daemon, graph):
+    """The Instagram API with Instagram Login documents the generic and the button
+    template (message.attachment {type: template, payload}); other template types fail."""
+    d = start_daemon(make_daemon, "instagram")
+    iid = instance(d, graph)
+    generic = {"template_type": "generic", "elements": [
+        {"title": "Red shirt", "image_url": "https://x.test/r.png", "subtitle": "cotton",
+         "default_action": {"type": "web_url", "url": "https://x.test/r"},
+         "buttons": [{"type": "web_url", "url": "https://x.test/r", "title": "View"},
+                     {"type": "postback", "title": "Buy", "payload": "BUY_RED"}]}]}
+    acc = send(d, iid, {"to": IGSID, "template": generic})
+    doc = wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params == {
+        "recipient": {"id": IGSID}, "messaging_type": "RESPONSE",
+        "message": {"attachment": {"type": "template", "payload": generic}}}
+    assert doc["provider_message_id"].startswith("m_FAKE"), doc
+
+    # The text fills a button template without one.
+    buttons = [{"type": "postback", "title": "Talk", "payload": "TALK"}]
+    acc = send(d, iid, {"to": IGSID, "text": "What next?",
+                        "template": {"template_type": "button", "buttons": buttons}})
+    wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params["message"]["attachment"]["payload"] == {
+        "template_type": "button", "text": "What next?", "buttons": buttons}
+
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": IGSID, "template": {"template_type": "media", "elements": [
+        {"media_type": "image", "url": "https://x.test/m"}]}})
+    assert "generic and button" in wait_state(d, acc["id"], "failed")["last_error"]
+    assert len(graph.messages()) == n

@@ -3,6 +3,7 @@ handshake and signatures, the messenger profile on start, Send API bodies
 (text, button template, quick replies, attachments), inbound messages,
 quick replies, postbacks and deliveries, throttling, an invalid token."""
 
+import base64
 import time
 import urllib.parse
 
@@ -248,3 +249,79 @@ def test_throttle_retried_and_invalid_token(make_daemon, graph):
     assert d.api("PATCH", "/v1/instances/" + bad,
                  {"secrets": {"page_access_token": TOKEN}}).status == 200
     wait_instance_state(d, bad, "connected")
+
+
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00"
+       b"\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N"
+       b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+def test_media_uploaded_with_the_send(make_daemon, graph):
+    """media.data_base64 goes to the Send API as multipart/form-data: recipient and message
+    as JSON fields, the file as filedata (the fake refuses any other shape)."""
+    d = start_daemon(make_daemon, "messenger")
+    iid = instance(d, graph)
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": PSID, "text": "the receipt",
+                        "quick_replies": [{"id": "OK", "title": "Got it"}],
+                        "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                  "mime_type": "image/png", "filename": "receipt.png"}})
+    doc = wait_state(d, acc["id"], "sent")
+    two = graph.messages()[n:]
+    assert len(two) == 2, two
+    assert two[0].params["message"] == {
+        "text": "the receipt",
+        "quick_replies": [{"content_type": "text", "title": "Got it", "payload": "OK"}]}, two[0]
+    up = two[1]
+    assert up.headers["content-type"].startswith("multipart/form-data; boundary="), up.headers
+    assert up.route == "/v23.0/me/messages" and up.headers["authorization"] == "Bearer " + TOKEN
+    assert up.params["recipient"] == {"id": PSID} and up.params["messaging_type"] == "RESPONSE"
+    assert up.params["message"] == {
+        "attachment": {"type": "image", "payload": {"is_reusable": True}}}, up.params["message"]
+    assert up.params["filedata"] == {"filename": "receipt.png", "content_type": "image/png",
+                                     "data": PNG}, up.params["filedata"]
+    assert up.status == 200 and doc["provider_message_id"].startswith("m_FAKE"), doc
+
+    # A document without text: one request, type file, a default filename.
+    acc = send(d, iid, {"to": PSID, "media": {"data_base64": base64.b64encode(b"%PDF-1.4\n").decode(),
+                                              "mime_type": "application/pdf"}})
+    wait_state(d, acc["id"], "sent")
+    up = graph.messages()[-1]
+    assert up.params["message"]["attachment"]["type"] == "file", up.params
+    assert up.params["filedata"]["data"] == b"%PDF-1.4\n" and up.params["filedata"]["filename"]
+
+    # Bad base64 fails the message with the reason, nothing reaches the Send API.
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": PSID, "media": {"data_base64": "not*base64", "mime_type": "image/png"}})
+    assert "base64" in wait_state(d, acc["id"], "failed")["last_error"]
+    assert len(graph.messages()) == n
+
+
+def test_reply_to(make_daemon, graph):
+    """reply_to becomes the Send API's reply_to {mid}, beside recipient and message, on the
+    first request of a send (the fake refuses it inside message)."""
+    d = start_daemon(make_daemon, "messenger")
+    iid = instance(d, graph)
+    acc = send(d, iid, {"to": PSID, "text": "yes, that one", "reply_to": "m_in1"})
+    wait_state(d, acc["id"], "sent")
+    assert graph.messages()[-1].params == {
+        "recipient": {"id": PSID}, "messaging_type": "RESPONSE", "reply_to": {"mid": "m_in1"},
+        "message": {"text": "yes, that one"}}, graph.messages()[-1].params
+
+    # Text and an uploaded attachment: the text quotes, the attachment does not.
+    n = len(graph.messages())
+    acc = send(d, iid, {"to": PSID, "text": "see", "reply_to": "m_in2",
+                        "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                  "mime_type": "image/png"}})
+    wait_state(d, acc["id"], "sent")
+    two = graph.messages()[n:]
+    assert two[0].params["reply_to"] == {"mid": "m_in2"} and "reply_to" not in two[1].params, two
+
+    # An uploaded attachment alone carries it as a JSON form field.
+    acc = send(d, iid, {"to": PSID, "reply_to": "m_in3",
+                        "media": {"data_base64": base64.b64encode(PNG).decode(),
+                                  "mime_type": "image/png"}})
+    wait_state(d, acc["id"], "sent")
+    up = graph.messages()[-1]
+    assert up.headers["content-type"].startswith("multipart/form-data")
+    assert up.params["reply_to"] == {"mid": "m_in3"}, up.params

@@ -12,7 +12,8 @@ from conftest import wait_until
 
 ROUTES = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/providers", "/v1/instances",
           "/v1/instances/{id}", "/v1/instances/{id}/start", "/v1/instances/{id}/stop",
-          "/v1/instances/{id}/restart", "/v1/keys", "/v1/keys/{id}",
+          "/v1/instances/{id}/restart", "/v1/instances/{id}/qr", "/v1/instances/{id}/logout",
+          "/v1/keys", "/v1/keys/{id}",
           "/webhook/{provider}/{instance}"]
 
 

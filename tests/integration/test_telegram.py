@@ -318,6 +318,54 @@ def test_pacing_can_be_turned_off(make_daemon, tg):
     assert len(calls) == 5 and calls[-1].time - calls[0].time < 0.9, calls
 
 
+def test_instances_of_one_bot_token_share_the_pacing(make_daemon, tg):
+    """Telegram's limits are per bot: two instances of one token are paced as one (one
+    chat gets one message a second from both together), the strictest settings apply, and
+    an instance of another token has a pacer of its own."""
+    other = FakeTelegram("654321:OTHER-token").start()
+    try:
+        d = start_daemon(make_daemon, "telegram")
+        a = webhook_instance(d, tg, name="tg-a")
+        b = create_instance(d, "telegram", "tg-b",
+                            {"mode": "webhook", "public_url": PUBLIC, "api_base": tg.url,
+                             "pace_group_ms": 4000},
+                            {"bot_token": TOKEN, "webhook_secret": SECRET})
+        wait_instance_state(d, b, "connected")
+        c = create_instance(d, "telegram", "tg-c",
+                            {"mode": "webhook", "public_url": PUBLIC, "api_base": other.url},
+                            {"bot_token": "654321:OTHER-token", "webhook_secret": SECRET})
+        wait_instance_state(d, c, "connected")
+        pa = instance_status(d, a)["provider_status"]["pacer"]
+        assert pa["instances"] == 2 and pa["group_ms"] == 4000 and pa["chat_ms"] == 1000, pa
+        assert instance_status(d, b)["provider_status"]["pacer"]["instances"] == 2
+        pc = instance_status(d, c)["provider_status"]["pacer"]
+        assert pc["instances"] == 1 and pc["group_ms"] == 3000, pc
+
+        ids = []
+        for i in range(2):
+            ids.append(send(d, a, {"to": "779", "text": "a%d" % i})["id"])
+            ids.append(send(d, b, {"to": "779", "text": "b%d" % i})["id"])
+        for mid in ids:
+            wait_state(d, mid, "sent", timeout=15)
+        calls = sorted((x for x in tg.calls("sendMessage") if x.params["chat_id"] == 779),
+                       key=lambda x: x.time)
+        assert sorted(x.params["text"] for x in calls) == ["a0", "a1", "b0", "b1"], calls
+        gaps = [q.time - p.time for p, q in zip(calls, calls[1:])]
+        # One pacer: the four go out ~1 s apart (separate pacers would send a0 and b0 together).
+        assert all(g >= 0.9 for g in gaps), "one chat got sends %r s apart from one bot" % gaps
+        pa = instance_status(d, a)["provider_status"]
+        pb = instance_status(d, b)["provider_status"]
+        assert pa["pacer"]["paced"] >= 3 and pa["paced"] + pb["paced"] == pa["pacer"]["paced"], \
+            (pa, pb)
+
+        # The last instance of a token frees its pacer; the survivor's settings apply again.
+        assert d.api("DELETE", "/v1/instances/" + b).status in (200, 204)
+        pa = instance_status(d, a)["provider_status"]["pacer"]
+        assert pa["instances"] == 1 and pa["group_ms"] == 3000, pa
+    finally:
+        other.close()
+
+
 def test_invalid_token_fails_message_and_instance_recovers(make_daemon, tg):
     d = start_daemon(make_daemon, "telegram")
     iid = polling_instance(d, tg, token="999:wrong")

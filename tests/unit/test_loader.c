@@ -158,7 +158,7 @@ static void test_open_echo(void)
     CU_ASSERT_STRING_EQUAL(gen->desc->name, "echo");
     CU_ASSERT_STRING_EQUAL(gen->desc->version, "1.0.0");
     CU_ASSERT_EQUAL(gen->desc->abi_major, 1);
-    CU_ASSERT_EQUAL(gen->desc->abi_minor, 0);
+    CU_ASSERT_EQUAL(gen->desc->abi_minor, SB_ABI_MINOR);
     CU_ASSERT_TRUE(gen->desc->capabilities & SB_CAP_WEBHOOK);
     CU_ASSERT_EQUAL(gen->generation, 7);
     CU_ASSERT_PTR_NOT_NULL(gen->dl);

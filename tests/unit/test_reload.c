@@ -293,7 +293,7 @@ static void test_first_apply(void)
     CU_ASSERT_EQUAL_FATAL(n_providers(), 1);
     CU_ASSERT_TRUE(echo_has("state", "running"));
     CU_ASSERT_TRUE(echo_has("version", "1.0.0"));
-    CU_ASSERT_TRUE(echo_has("abi", "1.0"));
+    CU_ASSERT_TRUE(echo_has("abi", "1.1"));
     CU_ASSERT_TRUE(echo_has("webhook_path", "/webhook/echo"));
     CU_ASSERT_TRUE(echo_generation() >= 1);
     CU_ASSERT_STRING_EQUAL(echo_instances(buf, sizeof(buf)), "demo");

@@ -240,11 +240,14 @@ typedef struct sb_host_services {
      * (SB_EGONE once it has ended). proc_release lets go of the handle: the
      * host sends SIGKILL if the child still runs, reaps it, and never calls
      * exit for it; call it at most once, not after exit was delivered. When
-     * an instance stops, the host releases whatever it still has running.
+     * an instance stops, whatever it still has running gets SIGTERM (a
+     * browser then saves its profile) and SIGKILL five seconds later.
      *
-     * The child shares the fate of whatever hosts the plugin: a plugin that
-     * drives a browser belongs in isolation "process" (SB_CAP_PROCESS_ONLY),
-     * where its children die with its own switchboard-plugin-host.
+     * fd_watch and proc_* are offered where the plugin runs in its own
+     * switchboard-plugin-host (isolation "process"). Inside the daemon they
+     * fail (NULL, SB_ENOTAVAIL): descriptors and children of a plugin there
+     * would share the daemon's fate. A plugin that needs them declares
+     * SB_CAP_PROCESS_ONLY.
      */
     sb_proc *(*proc_spawn)(sb_plugin *self, sb_instance *inst, const char *const *argv,
                            const char *const *envp, const sb_proc_fd *fds, size_t n_fds,

@@ -143,8 +143,8 @@ class FakeGraph(Server):
         return 200, {}, {"id": "media%d" % next(self.ids)}
 
     def _send_api(self, rec):
+        errs = self._upload_errors(rec) if self._is_upload(rec) else []
         p = rec.params
-        errs = []
         if not isinstance(p.get("recipient"), dict) or "id" not in p["recipient"]:
             errs.append("recipient.id is required")
         msg = p.get("message")
@@ -154,9 +154,21 @@ class FakeGraph(Server):
             errs.append("message has both text and attachment")
         if p.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
             errs.append("messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG")
+        # Graph API reference, Page Messages: reply_to is a parameter of the request (beside
+        # recipient and message), the quoted message's mid; message holds only its content.
+        if "reply_to" in p and (not isinstance(p["reply_to"], dict) or
+                                set(p["reply_to"]) != {"mid"} or
+                                not isinstance(p["reply_to"]["mid"], str)):
+            errs.append("reply_to must be {\"mid\": \"<message id>\"}")
+        if isinstance(msg, dict):
+            extra = set(msg) - {"text", "attachment", "quick_replies", "metadata"}
+            if extra:
+                errs.append("message has unknown fields %s" % sorted(extra))
         att = msg.get("attachment") if isinstance(msg, dict) else None
         if isinstance(att, dict) and att.get("type") == "template":
             errs += self._template_errors(att.get("payload"))
+        elif isinstance(att, dict):
+            errs += self._media_errors(att, "filedata" in p)
         for q in (msg or {}).get("quick_replies", []) if isinstance(msg, dict) else []:
             if q.get("content_type") != "text" or not q.get("title") or not q.get("payload"):
                 errs.append("quick reply needs content_type text, title and payload: %r" % q)
@@ -169,8 +181,56 @@ class FakeGraph(Server):
         s = self._scripted()
         if s is not None:
             return s
-        return 200, {}, {"recipient_id": p["recipient"]["id"],
-                         "message_id": "m_FAKE%06d" % next(self.ids)}
+        answer = {"recipient_id": p["recipient"]["id"], "message_id": "m_FAKE%06d" % next(self.ids)}
+        if "filedata" in p:
+            answer["attachment_id"] = "%d" % (1857777774821000 + next(self.ids))
+        return 200, {}, answer
+
+    @staticmethod
+    def _is_upload(rec):
+        return rec.headers.get("content-type", "").startswith("multipart/form-data")
+
+    def _upload_errors(self, rec):
+        """The Send API with an uploaded file (developers.facebook.com/docs/messenger-platform/
+        send-messages/saving-assets, "from your local file system"): multipart/form-data with
+        recipient and message as JSON text fields (messaging_type as text) and the file as
+        filedata with its Content-Type. The JSON fields are decoded into rec.params here."""
+        p = rec.params
+        errs = []
+        for k in ("recipient", "message", "reply_to"):
+            if k in p:
+                try:
+                    p[k] = json.loads(p[k]) if isinstance(p[k], str) else None
+                except ValueError:
+                    p[k] = None
+                if not isinstance(p[k], dict):
+                    errs.append("upload: %s must be a JSON object text field" % k)
+        fd = p.get("filedata")
+        if not isinstance(fd, dict) or not fd.get("data"):
+            errs.append("upload: no filedata file part")
+        elif not fd.get("content_type") or not fd.get("filename"):
+            errs.append("upload: filedata needs a filename and a Content-Type")
+        if not isinstance(p.get("message"), dict) or "attachment" not in p["message"]:
+            errs.append("upload: message.attachment is required with filedata")
+        return errs
+
+    @staticmethod
+    def _media_errors(att, uploaded):
+        """A media attachment: type image|video|audio|file; payload url, attachment_id, or
+        neither when the file is uploaded as filedata (then not both)."""
+        errs = []
+        if att.get("type") not in ("image", "video", "audio", "file"):
+            errs.append("attachment type %r is not image, video, audio, file or template"
+                        % att.get("type"))
+        pl = att.get("payload")
+        if not isinstance(pl, dict):
+            return errs + ["attachment payload must be an object"]
+        sources = [k for k in ("url", "attachment_id") if k in pl]
+        if uploaded and sources:
+            errs.append("an uploaded attachment's payload carries no %s" % sources[0])
+        elif not uploaded and len(sources) != 1:
+            errs.append("attachment payload needs exactly one of url and attachment_id")
+        return errs
 
     @staticmethod
     def _template_errors(t):
