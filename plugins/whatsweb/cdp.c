@@ -3,8 +3,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -337,49 +335,4 @@ void ww_cdp_cancel(struct ww_cdp *c, long id)
 size_t ww_cdp_pending_out(const struct ww_cdp *c)
 {
     return c ? c->out.len - c->out_off : 0;
-}
-
-static long elapsed_ms(const struct timespec *t0)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (t.tv_sec - t0->tv_sec) * 1000L + (t.tv_nsec - t0->tv_nsec) / 1000000L;
-}
-
-int ww_cdp_close_browser(struct ww_cdp *c, int timeout_ms)
-{
-    static const char cmd[] = "{\"id\":0,\"method\":\"Browser.close\"}";
-    struct timespec t0;
-    long left;
-
-    if (!c || c->broken || c->wfail)
-        return -1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    pu_buf_add(&c->out, cmd, sizeof(cmd)); /* with the NUL */
-    c->broken = 1;                         /* no callback from here on */
-    while ((left = timeout_ms - elapsed_ms(&t0)) > 0) {
-        struct pollfd p[2] = {{.fd = c->rfd, .events = POLLIN},
-                              {.fd = c->wfd, .events = c->out_off < c->out.len ? POLLOUT : 0}};
-        char sink[4096];
-        int n = poll(p, c->out_off < c->out.len ? 2 : 1, (int)left);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (p[0].revents) {
-            ssize_t r = read(c->rfd, sink, sizeof(sink));
-            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
-                return 0; /* Chromium closed its end: it is on its way out */
-        }
-        if (c->out_off < c->out.len && (p[1].revents & (POLLOUT | POLLERR | POLLHUP))) {
-            ssize_t w = write(c->wfd, c->out.p + c->out_off, c->out.len - c->out_off);
-            if (w > 0)
-                c->out_off += (size_t)w;
-            else if (w < 0 && errno != EAGAIN && errno != EINTR)
-                return -1;
-        }
-    }
-    return -1;
 }

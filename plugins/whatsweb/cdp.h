@@ -52,14 +52,6 @@ void ww_cdp_cancel(struct ww_cdp *c, long id);
 /* Bytes waiting to be written. */
 size_t ww_cdp_pending_out(const struct ww_cdp *c);
 
-/*
- * Blocking, for the end of an instance only: write what is queued and
- * Browser.close, then wait up to timeout_ms for Chromium to close its end
- * (it has written its profile out by then). 0 when it did, -1 otherwise.
- * No callback runs; the channel is broken afterwards (free it).
- */
-int ww_cdp_close_browser(struct ww_cdp *c, int timeout_ms);
-
 /* Unwatch and close both descriptors, drop unanswered commands (no callbacks). */
 void ww_cdp_free(struct ww_cdp *c);
 

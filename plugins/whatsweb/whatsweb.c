@@ -61,7 +61,6 @@
 #define WW_SEND_TIMEOUT_MS 60000u
 #define WW_FETCH_TIMEOUT_MS 30000u
 #define WW_MAX_EXTRA_ARGS 64
-#define WW_CLOSE_WAIT_MS 3000
 
 #define WW_SCHEMA                                                                                  \
     "{\"type\":\"object\",\"properties\":{"                                                        \
@@ -701,6 +700,18 @@ static void on_step(void *arg, const json_t *result, const json_t *error)
     setup_failed(arg, "page setup", error);
 }
 
+/* Answers come in order: every hook is in place, load WhatsApp Web. */
+static void on_script_added(void *arg, const json_t *result, const json_t *error)
+{
+    struct ww_instance *wi = arg;
+
+    if (setup_failed(wi, "Page.addScriptToEvaluateOnNewDocument", error))
+        return;
+    if (ww_cdp_call(wi->cdp, wi->session, "Page.navigate", json_pack("{s:s}", "url", wi->url),
+                    on_navigated, wi) < 0)
+        browser_lost(wi, "cannot talk to Chromium");
+}
+
 /* Attached to the page: hooks, then load WhatsApp Web. */
 static void on_attached(void *arg, const json_t *result, const json_t *error)
 {
@@ -725,9 +736,7 @@ static void on_attached(void *arg, const json_t *result, const json_t *error)
     if (ua)
         bad |= ww_cdp_call(wi->cdp, sid, "Emulation.setUserAgentOverride", ua, on_step, wi) < 0;
     bad |= ww_cdp_call(wi->cdp, sid, "Page.addScriptToEvaluateOnNewDocument",
-                       json_pack("{s:s}", "source", inject_js), on_step, wi) < 0;
-    bad |= ww_cdp_call(wi->cdp, sid, "Page.navigate", json_pack("{s:s}", "url", wi->url),
-                       on_navigated, wi) < 0;
+                       json_pack("{s:s}", "source", inject_js), on_script_added, wi) < 0;
     if (bad)
         browser_lost(wi, "cannot talk to Chromium");
 }
@@ -845,8 +854,14 @@ static void on_proc_exit(void *arg, int status)
     browser_lost(wi, why);
 }
 
-/* End the current browser (if any): no callback of it comes afterwards. */
-static void browser_stop(struct ww_instance *wi, int polite)
+/*
+ * End the current browser (if any): no callback of it comes afterwards.
+ * hard: SIGKILL it now (proc_release). Otherwise (the instance stops) it is
+ * asked to close over DevTools and left to the host, which sends SIGTERM and
+ * SIGKILL five seconds later: either way Chromium writes its profile out
+ * (DOM storage is committed lazily) before it goes.
+ */
+static void browser_stop(struct ww_instance *wi, int hard)
 {
     timer_drop(&wi->health_timer);
     timer_drop(&wi->stable_timer);
@@ -858,22 +873,15 @@ static void browser_stop(struct ww_instance *wi, int polite)
             send_fail(s, 1, "browser_restarted", "Chromium went away during the send");
     }
     if (wi->cdp) {
-        /*
-         * At the end of the instance, let Chromium write its profile out
-         * (DOM storage is committed lazily) before SIGKILL: a bounded wait,
-         * the one place this plugin blocks its plugin-host's loop.
-         */
-        if (polite && wi->proc && ww_cdp_close_browser(wi->cdp, WW_CLOSE_WAIT_MS) != 0)
-            host->log(plugin_self, wi->inst, SB_LOG_WARN,
-                      "chromium did not close within %d ms; killing it", WW_CLOSE_WAIT_MS);
+        if (!hard)
+            ww_cdp_call(wi->cdp, NULL, "Browser.close", NULL, NULL, NULL);
         ww_cdp_free(wi->cdp);
         wi->cdp = NULL;
     }
     replace_str(&wi->session, NULL);
-    if (wi->proc) {
+    if (wi->proc && hard)
         host->proc_release(wi->proc);
-        wi->proc = NULL;
-    }
+    wi->proc = NULL;
     wi->pid = 0;
 }
 
@@ -900,7 +908,7 @@ static void browser_lost(struct ww_instance *wi, const char *why)
     wi->attempt++;
     replace_str(&wi->last_exit, why);
     host->log(plugin_self, wi->inst, SB_LOG_WARN, "%s; restarting chromium in %u ms", why, delay);
-    browser_stop(wi, 0);
+    browser_stop(wi, 1);
     if (wi->phase == PH_READY || wi->phase == PH_AUTH)
         status_event(wi, "disconnected", "reason", why);
     set_phase(wi, PH_DISCONNECTED);
@@ -1095,7 +1103,7 @@ static void ww_instance_stop(sb_instance *inst, void *state)
     struct ww_instance *wi = state;
 
     timer_drop(&wi->restart_timer);
-    browser_stop(wi, 1);
+    browser_stop(wi, 0);
     while (wi->sends)
         send_fail(wi->sends, 1, "instance_stopped",
                   "the instance stopped before the message went out");
