@@ -61,6 +61,8 @@
 #define WW_SEND_TIMEOUT_MS 60000u
 #define WW_FETCH_TIMEOUT_MS 30000u
 #define WW_MAX_EXTRA_ARGS 64
+/* After the pipes break, how long to wait for Chromium's exit status. */
+#define WW_EXIT_GRACE_MS 1000u
 
 #define WW_SCHEMA                                                                                  \
     "{\"type\":\"object\",\"properties\":{"                                                        \
@@ -127,6 +129,8 @@ struct ww_instance {
     struct ww_cdp *cdp;
     char *session; /* the page's flat session id */
     sb_timer *restart_timer, *health_timer, *stable_timer;
+    sb_timer *grace_timer; /* pipes broke, waiting for the exit status */
+    char *pipe_why;
     long health_id; /* Browser.getVersion waiting for its answer */
     uint64_t health_sent;
     unsigned attempt;  /* restarts since the browser last ran healthy */
@@ -660,9 +664,38 @@ static void on_cdp_event(void *arg, const char *method, const json_t *params, co
     }
 }
 
+static void on_pipe_grace(void *arg)
+{
+    struct ww_instance *wi = arg;
+    char *why = wi->pipe_why;
+
+    wi->grace_timer = NULL;
+    wi->pipe_why = NULL;
+    browser_lost(wi, why ? why : "chromium closed its pipes");
+    free(why);
+}
+
+/*
+ * The pipes broke. Chromium is usually exiting: wait a moment for its exit
+ * status, which says more, before ending it.
+ */
 static void on_cdp_closed(void *arg, const char *why)
 {
-    browser_lost(arg, why);
+    struct ww_instance *wi = arg;
+
+    if (!wi->proc || wi->grace_timer) {
+        browser_lost(wi, why);
+        return;
+    }
+    replace_str(&wi->pipe_why, why);
+    ww_cdp_free(wi->cdp);
+    wi->cdp = NULL;
+    timer_drop(&wi->health_timer);
+    wi->health_id = 0;
+    wi->grace_timer =
+        host->timer_start(plugin_self, wi->inst, WW_EXIT_GRACE_MS, 0, on_pipe_grace, wi);
+    if (!wi->grace_timer)
+        on_pipe_grace(wi);
 }
 
 /* A step of the setup failed: start over with a new browser. */
@@ -865,6 +898,8 @@ static void browser_stop(struct ww_instance *wi, int hard)
 {
     timer_drop(&wi->health_timer);
     timer_drop(&wi->stable_timer);
+    timer_drop(&wi->grace_timer);
+    replace_str(&wi->pipe_why, NULL);
     wi->health_id = 0;
     /* Sends the page held are lost with it; the outbox sends them again. */
     for (struct ww_send *s = wi->sends, *next; s; s = next) {
@@ -1039,6 +1074,7 @@ static void wi_free(struct ww_instance *wi)
     free(wi->profile);
     free(wi->session);
     free(wi->last_exit);
+    free(wi->pipe_why);
     free(wi->qr_text);
     free(wi->qr_png);
     free(wi->me);
