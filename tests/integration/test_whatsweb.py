@@ -119,8 +119,9 @@ def test_qr_login_send_receive(make_daemon, ww):
           % (time.monotonic() - t0, provider(d, iid)["browser"]["first_qr_ms"]))
 
     # The QR as text and image, as the page shows it.
-    r = d.api("GET", "/v1/instances/%s/qr" % iid)
-    assert r.status == 200, r
+    # The status (with the QR) follows the state frame by up to 100 ms.
+    r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(
+        d.api("GET", "/v1/instances/%s/qr" % iid)), 5, interval=0.05, what="GET qr 200")
     qr = r.json()
     assert qr["text"].startswith("2@") and qr["state"] == "qr", qr
     assert qr["text"] in [ref for _, ref in ww.qrs], (qr["text"], ww.qrs)
