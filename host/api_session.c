@@ -36,6 +36,10 @@ void sbh_api_instance_qr(struct sbh_call *call)
     const char *text = json_string_value(json_object_get(qr, "text"));
     const char *png = json_string_value(json_object_get(qr, "png_b64"));
     const char *state = json_string_value(json_object_get(st, "state"));
+    /* The state (with the QR text as its detail) can be a moment ahead of the
+     * status that carries the image. */
+    if (!text && state && !strcmp(state, "qr"))
+        text = json_string_value(json_object_get(st, "detail"));
     if (!text || !state || strcmp(state, "qr") != 0) {
         sbh_call_error(call, 409, "no_qr", NULL, "instance %s is %s: there is no QR code to scan",
                        call->id, state ? state : "unknown");
