@@ -8,6 +8,11 @@ The test drives it from Python (FakeWhatsWeb.scan(), .inbound(), .ack(),
 /control/logout; GET /control/sent, /control/qr), and reads back what the
 page sent. The plugin never talks to it: only Chromium does.
 
+GET /control/qr?ref=TEXT also says whether a page ever showed TEXT ("shown").
+
+Standalone (bench/whatsweb.sh): python3 whatsweb.py [--port N] [--rotate-ms MS]
+prints its URL on one line and serves until SIGTERM/SIGINT.
+
 Page API: GET /api/hello, GET /api/resume?session=, GET /api/events?since=N
 (long poll, 2 s), POST /api/qr {ref}, POST /api/send {...}, POST
 /api/upload?type=&mimetype= (raw bytes), POST /api/logout {session}.
@@ -56,7 +61,7 @@ class FakeWhatsWeb:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self):
+    def start(self, port=0):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,7 +76,7 @@ class FakeWhatsWeb:
             def do_POST(self):
                 fake._dispatch(self, "POST")
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         return self
@@ -260,19 +265,26 @@ class FakeWhatsWeb:
                 return self._reply(h, 200, {"sent": self.sent})
         if method == "GET" and path == "/control/qr":
             with self.lock:
-                return self._reply(h, 200, {"qr": self.qrs[-1][1] if self.qrs else None,
-                                            "count": len(self.qrs)})
+                doc = {"qr": self.qrs[-1][1] if self.qrs else None, "count": len(self.qrs)}
+                if "ref" in q:  # was this text ever shown by a page?
+                    doc["shown"] = any(ref == q["ref"] for _, ref in self.qrs)
+                return self._reply(h, 200, doc)
         return self._reply(h, 404, {"error": "not found"})
 
 
-if __name__ == "__main__":  # manual runs: python3 whatsweb.py [port]
+if __name__ == "__main__":  # python3 whatsweb.py [--port N] [--rotate-ms MS]
+    import argparse
+    import signal
     import sys
-    f = FakeWhatsWeb()
-    f.start()
+    ap = argparse.ArgumentParser(description="the WhatsApp Web fixture on 127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0: a free port")
+    ap.add_argument("--rotate-ms", type=int, default=1500, help="QR rotation period")
+    args = ap.parse_args()
+    f = FakeWhatsWeb(qr_rotate_ms=args.rotate_ms).start(args.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f.url, flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         f.close()
-        sys.exit(0)
