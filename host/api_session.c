@@ -22,8 +22,7 @@ static json_t *instance_status(struct sbh_call *call)
 static int wants_png(struct sbh_call *call)
 {
     const char *uri = evhttp_request_get_uri(call->req);
-    const char *accept =
-        evhttp_find_header(evhttp_request_get_input_headers(call->req), "Accept");
+    const char *accept = evhttp_find_header(evhttp_request_get_input_headers(call->req), "Accept");
     return (uri && strstr(uri, "format=png")) || (accept && strstr(accept, "image/png"));
 }
 
@@ -101,8 +100,7 @@ void sbh_api_instance_logout(struct sbh_call *call)
     free(dir);
     if (running)
         sbh_registry_instance_control(reg, call->id, 1, 0);
-    sbh_log(SB_LOG_INFO, "api", NULL, call->id, "instance logged out by key %s",
-            call->who.key_id);
+    sbh_log(SB_LOG_INFO, "api", NULL, call->id, "instance logged out by key %s", call->who.key_id);
     st = instance_status(call);
     sbh_call_reply(call, 200,
                    json_pack("{s:s, s:b, s:o}", "id", call->id, "logged_out", 1, "status",

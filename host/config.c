@@ -492,8 +492,7 @@ static int build_scalars(struct sbh_config *cfg, const struct sbh_config_overrid
     cfg->master_key_file = resolve_path(base, str_or(doc, "master_key_file", "master.key"));
     free(base);
     return cfg->listen_address && cfg->state_dir && cfg->plugin_dir && cfg->plugin_host &&
-                   cfg->migrations_dir &&
-                   cfg->master_key_file
+                   cfg->migrations_dir && cfg->master_key_file
                ? 0
                : -1;
 }

@@ -35,7 +35,7 @@ enum phase {
     PH_FAILED,  /* crash loop or start refused: no more restarts */
 };
 
-static const char *const phase_names[] = {"waiting", "starting", "starting",
+static const char *const phase_names[] = {"waiting", "starting",   "starting",
                                           "running", "restarting", "failed"};
 
 /* Something in flight between the daemon and a child, by the id on the wire. */
@@ -45,7 +45,7 @@ struct pend {
     struct child *c;
     enum pend_kind kind;
     long long id;
-    void *handle;       /* sb_reply, sb_http_call or sb_ws */
+    void *handle;         /* sb_reply, sb_http_call or sb_ws */
     sb_send_done_fn done; /* PK_SEND */
     void *arg;
 };
@@ -112,10 +112,10 @@ static int make_instance_dir(const struct sbh_supervisor *sv, const char *id, ch
     *dir = sbh_isolate_instance_dir(sv, id);
     if (!*dir || asprintf(&parent, "%s/instances", sbh_supervisor_state_dir(sv)) < 0)
         return -1;
-    int rc = (mkdir(parent, 0700) < 0 && errno != EEXIST) ||
-                     (mkdir(*dir, 0700) < 0 && errno != EEXIST)
-                 ? -1
-                 : 0;
+    int rc =
+        (mkdir(parent, 0700) < 0 && errno != EEXIST) || (mkdir(*dir, 0700) < 0 && errno != EEXIST)
+            ? -1
+            : 0;
     free(parent);
     return rc;
 }
@@ -151,8 +151,8 @@ static json_t *headers_json(const sb_header *h, size_t n)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, json_pack("[ss]", h[i].name ? h[i].name : "",
-                                             h[i].value ? h[i].value : ""));
+        json_array_append_new(
+            arr, json_pack("[ss]", h[i].name ? h[i].name : "", h[i].value ? h[i].value : ""));
     return arr;
 }
 
@@ -342,10 +342,10 @@ static void http_done(void *arg, const sb_http_response *resp)
 {
     struct pend *p = arg;
     struct child *c = p->c;
-    json_t *f = json_pack("{s:s, s:I, s:i, s:o, s:o}", "t", "http_done", "id", (json_int_t)p->id,
-                          "status", resp->status, "headers",
-                          headers_json(resp->headers, resp->n_headers), "body_b64",
-                          b64_new(resp->body, resp->body_len));
+    json_t *f =
+        json_pack("{s:s, s:I, s:i, s:o, s:o}", "t", "http_done", "id", (json_int_t)p->id, "status",
+                  resp->status, "headers", headers_json(resp->headers, resp->n_headers), "body_b64",
+                  b64_new(resp->body, resp->body_len));
     if (f && resp->error)
         json_object_set_new(f, "error", json_string(resp->error));
     pend_free(p);
@@ -376,8 +376,8 @@ static void on_http(struct child *c, const json_t *f)
         if (p)
             pend_free(p);
         send_frame(c, json_pack("{s:s, s:I, s:i, s:s, s:[], s:s}", "t", "http_done", "id",
-                                (json_int_t)id, "status", 0, "error",
-                                "request refused by the host", "headers", "body_b64", ""));
+                                (json_int_t)id, "status", 0, "error", "request refused by the host",
+                                "headers", "body_b64", ""));
     }
     free(h);
     free(body);
@@ -420,8 +420,8 @@ static void on_ws_connect(struct child *c, const json_t *f)
     if (p || !h || id <= 0) {
         if (p)
             pend_free(p);
-        send_frame(c, json_pack("{s:s, s:I, s:s, s:s, s:i}", "t", "ws_event", "id",
-                                (json_int_t)id, "ev", "closed", "data_b64", "", "code", 1006));
+        send_frame(c, json_pack("{s:s, s:I, s:s, s:s, s:i}", "t", "ws_event", "id", (json_int_t)id,
+                                "ev", "closed", "data_b64", "", "code", 1006));
     }
     free(h);
 }
@@ -461,11 +461,11 @@ static void on_hello(struct child *c, const json_t *f)
         child_failed(c, "cannot create the instance's state directory");
         return;
     }
-    json_t *init = json_pack("{s:s, s:s, s:s, s:O, s:s, s:O, s:o, s:s}", "t", "init", "plugin",
-                             inst->gen->copy_path, "name", inst->slot->name, "config",
-                             inst->slot->plugin_config, "instance", inst->id, "settings",
-                             inst->settings, "kv", kv ? sbh_kv_dump(kv, inst->id) : json_object(),
-                             "state_dir", dir);
+    json_t *init =
+        json_pack("{s:s, s:s, s:s, s:O, s:s, s:O, s:o, s:s}", "t", "init", "plugin",
+                  inst->gen->copy_path, "name", inst->slot->name, "config",
+                  inst->slot->plugin_config, "instance", inst->id, "settings", inst->settings, "kv",
+                  kv ? sbh_kv_dump(kv, inst->id) : json_object(), "state_dir", dir);
     free(dir);
     c->phase = PH_STARTING;
     if (!init || send_frame(c, init) < 0)
@@ -495,10 +495,18 @@ static const struct {
     const char *t;
     frame_fn fn;
 } frame_table[] = {
-    {"hello", on_hello},     {"started", on_started},         {"send_done", on_send_done},
-    {"reply", on_reply},     {"event", on_event},             {"state", on_state},
-    {"log", on_log},         {"http", on_http},               {"http_cancel", on_http_cancel},
-    {"ws_connect", on_ws_connect}, {"ws_send", on_ws_send},   {"ws_close", on_ws_close},
+    {"hello", on_hello},
+    {"started", on_started},
+    {"send_done", on_send_done},
+    {"reply", on_reply},
+    {"event", on_event},
+    {"state", on_state},
+    {"log", on_log},
+    {"http", on_http},
+    {"http_cancel", on_http_cancel},
+    {"ws_connect", on_ws_connect},
+    {"ws_send", on_ws_send},
+    {"ws_close", on_ws_close},
 };
 
 static void on_frame(void *arg, json_t *f)
@@ -680,8 +688,8 @@ static void child_failed(struct child *c, const char *why)
 static void cap_memory(struct child *c)
 {
     char why[512];
-    c->cgroup = sbh_cgroup_memory_cap(c->pid, c->inst->id, c->ig->conf.memory_max_mib, why,
-                                      sizeof(why));
+    c->cgroup =
+        sbh_cgroup_memory_cap(c->pid, c->inst->id, c->ig->conf.memory_max_mib, why, sizeof(why));
     if (!c->cgroup && !c->ig->cgroup_warned) {
         c->ig->cgroup_warned = 1;
         sbh_log(SB_LOG_WARN, "supervisor", c->inst->slot->name, NULL,
@@ -823,12 +831,12 @@ static void px_webhook(sb_instance *inst, void *state, const sb_http_request *re
         return;
     }
     struct pend *p = pend_add(c, PK_WEBHOOK, ++c->next_id);
-    json_t *f = p ? json_pack("{s:s, s:I, s:s, s:s, s:o, s:o}", "t", "webhook", "id",
-                              (json_int_t)p->id, "method", req->method, "url",
-                              req->url ? req->url : "", "headers",
-                              headers_json(req->headers, req->n_headers), "body_b64",
-                              b64_new(req->body, req->body_len))
-                  : NULL;
+    json_t *f =
+        p ? json_pack("{s:s, s:I, s:s, s:s, s:o, s:o}", "t", "webhook", "id", (json_int_t)p->id,
+                      "method", req->method, "url", req->url ? req->url : "", "headers",
+                      headers_json(req->headers, req->n_headers), "body_b64",
+                      b64_new(req->body, req->body_len))
+          : NULL;
     if (f)
         json_object_set_new(f, "query", req->query ? json_string(req->query) : json_null());
     if (!f || send_frame(c, f) < 0) {
@@ -845,9 +853,9 @@ static json_t *px_status(sb_instance *inst, void *state)
     (void)inst;
     struct child *c = state;
     json_t *st = c->status && json_is_object(c->status) ? json_deep_copy(c->status) : json_object();
-    json_t *proc = json_pack("{s:s, s:s, s:i, s:i}", "isolation", "process", "phase",
-                             phase_names[c->phase], "restarts", (int)c->restarts, "failures",
-                             (int)c->failures);
+    json_t *proc =
+        json_pack("{s:s, s:s, s:i, s:i}", "isolation", "process", "phase", phase_names[c->phase],
+                  "restarts", (int)c->restarts, "failures", (int)c->failures);
     if (c->pid)
         json_object_set_new(proc, "pid", json_integer(c->pid));
     if (c->last_failure)

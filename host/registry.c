@@ -123,8 +123,8 @@ static int isolate(struct sbh_registry *reg, struct sbh_slot *slot, struct sb_pl
                    char *why, size_t why_len)
 {
     const char *mode = json_string_value(json_object_get(slot->host_conf, "isolation"));
-    int process = (mode && !strcmp(mode, "process")) ||
-                  (gen->desc->capabilities & SB_CAP_PROCESS_ONLY);
+    int process =
+        (mode && !strcmp(mode, "process")) || (gen->desc->capabilities & SB_CAP_PROCESS_ONLY);
     if (!process)
         return 0;
     if (!reg->sv) {

@@ -23,7 +23,7 @@ struct proc {
     pid_t pid;
     sbh_child_exit_fn on_exit; /* NULL once draining */
     void *arg;
-    char *key;         /* draining: what it served */
+    char *key;          /* draining: what it served */
     struct event *kill; /* draining: end of the grace period */
 };
 LIST_HEAD(proc_list, proc);
@@ -171,8 +171,8 @@ static void on_reaped(void *arg, pid_t pid, int status)
         fire_drained(-1, 0, sv);
 }
 
-pid_t sbh_supervisor_spawn(struct sbh_supervisor *sv, sbh_child_exit_fn on_exit, void *arg,
-                           int *fd, char *why, size_t why_len)
+pid_t sbh_supervisor_spawn(struct sbh_supervisor *sv, sbh_child_exit_fn on_exit, void *arg, int *fd,
+                           char *why, size_t why_len)
 {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) {
@@ -227,8 +227,7 @@ static void grace_over(evutil_socket_t fd, short what, void *arg)
     kill(-p->pid, SIGKILL);
 }
 
-void sbh_supervisor_drain(struct sbh_supervisor *sv, pid_t pid, const char *key,
-                          unsigned grace_ms)
+void sbh_supervisor_drain(struct sbh_supervisor *sv, pid_t pid, const char *key, unsigned grace_ms)
 {
     struct proc *p = proc_find(sv, pid);
     if (!p)

@@ -34,8 +34,8 @@ typedef void (*sbh_child_exit_fn)(void *arg, int status);
  * Start a plugin-host: *fd gets the daemon's end of the socketpair (owned by
  * the caller). Returns the pid, or -1 with why.
  */
-pid_t sbh_supervisor_spawn(struct sbh_supervisor *sv, sbh_child_exit_fn on_exit, void *arg,
-                           int *fd, char *why, size_t why_len);
+pid_t sbh_supervisor_spawn(struct sbh_supervisor *sv, sbh_child_exit_fn on_exit, void *arg, int *fd,
+                           char *why, size_t why_len);
 
 /* SIGKILL pid's whole process group now; on_exit still comes when reaped. */
 void sbh_supervisor_kill(struct sbh_supervisor *sv, pid_t pid);
@@ -45,8 +45,7 @@ void sbh_supervisor_kill(struct sbh_supervisor *sv, pid_t pid);
  * to end by itself (it was told to stop), then its group gets SIGKILL. key
  * (copied) names what it served, for sbh_supervisor_busy.
  */
-void sbh_supervisor_drain(struct sbh_supervisor *sv, pid_t pid, const char *key,
-                          unsigned grace_ms);
+void sbh_supervisor_drain(struct sbh_supervisor *sv, pid_t pid, const char *key, unsigned grace_ms);
 
 /* 1 while a draining process of key has not ended yet. */
 int sbh_supervisor_busy(const struct sbh_supervisor *sv, const char *key);
