@@ -141,7 +141,12 @@ static const char *svc_instance_id(sb_instance *inst)
 
 static void svc_set_state(sb_instance *inst, enum sb_instance_state state, const char *detail)
 {
-XX, "state", state_names[state], "detail",
+    if (!inst || (unsigned)state > SB_STATE_ERROR)
+        return;
+    /* The status first: whoever sees the new state (a QR) finds its details. */
+    if (ph.desc)
+        ph_status_check();
+    ph_send_frame(json_pack("{s:s, s:s, s:o}", "t", "state", "state", state_names[state], "detail",
                             ph_text(detail)));
 }
 
