@@ -104,7 +104,9 @@ void ph_init(json_t *frame)
     json_t *s = settings && json_is_object(settings) ? json_deep_copy(settings) : json_object();
     json_object_set_new(s, "_state_dir", json_string(state_dir));
     ph.inst.running = 1;
+    ph.inst.starting = 1;
     rc = ph.desc->instance_start(&ph.inst, s, &ph.inst.state);
+    ph.inst.starting = 0;
     json_decref(s);
     if (rc != 0) {
         ph.inst.running = 0;

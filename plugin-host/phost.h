@@ -28,7 +28,8 @@ struct sb_plugin {
 struct sb_instance {
     char *id;
     void *state;
-    int running; /* between instance_start and instance_stop */
+    int running;  /* between instance_start and instance_stop */
+    int starting; /* inside instance_start: its state is not ready for status() */
 };
 
 /* Who a resource belongs to: the instance, or the plugin as a whole. */

@@ -83,7 +83,7 @@ json_t *ph_text(const char *s)
 void ph_status_check(void)
 {
     gettimeofday(&ph.status_last, NULL);
-    if (!ph.inst.running || !ph.desc->status)
+    if (!ph.inst.running || ph.inst.starting || !ph.desc || !ph.desc->status)
         return;
     json_t *now = ph.desc->status(&ph.inst, ph.inst.state);
     if (json_equal(now, ph.status) || (!now && !ph.status)) {
@@ -144,8 +144,7 @@ static void svc_set_state(sb_instance *inst, enum sb_instance_state state, const
     if (!inst || (unsigned)state > SB_STATE_ERROR)
         return;
     /* The status first: whoever sees the new state (a QR) finds its details. */
-    if (ph.desc)
-        ph_status_check();
+    ph_status_check();
     ph_send_frame(json_pack("{s:s, s:s, s:o}", "t", "state", "state", state_names[state], "detail",
                             ph_text(detail)));
 }
