@@ -12,6 +12,16 @@
  * from its own callback. Nothing is freed until the outermost leave(), which
  * also flushes what wslay has queued and notices the end of the close
  * handshake.
+ *
+ * Memory: a wslay context is ~8.6 KiB (two fixed 4 KiB buffers), more than
+ * everything else a connection holds. An open connection keeps one only
+ * while it has something in flight: the outermost leave() lets it go when
+ * the input wslay consumed ends on a frame boundary outside a fragmented
+ * message, nothing is queued to send and no close frame has been seen or
+ * sent (the frames are followed alongside wslay for this, track_frames());
+ * the next read, send or close makes a fresh one. Between frames a context
+ * holds nothing but its settings, so nothing is lost, and an idle Gateway
+ * session costs ~1 KiB of the host's instead of ~10.
  */
 #include "ws.h"
 
@@ -59,15 +69,19 @@ struct sb_ws {
     int tls;
     char *host; /* without brackets */
     int port;
-    char *request; /* the upgrade request */
+    char *request; /* the upgrade request, until it is written */
     char accept[64];
     struct bufferevent *bev;
-    SSL *ssl; /* owned by bev once bev exists */
-    wslay_event_context_ptr ctx;
-    struct event *timer; /* connect deadline, deferred failure, close deadline */
-    char *fail_reason;   /* reported by the timer when set */
-    int depth;           /* enter()/leave() nesting */
-    int doomed;          /* free at the outermost leave() */
+    SSL *ssl;                    /* owned by bev once bev exists */
+    wslay_event_context_ptr ctx; /* while OPEN: NULL when idle (see the top) */
+    uint64_t f_left;             /* payload bytes of the current frame not yet read */
+    unsigned char fh[14];        /* the current frame's header, fh_have bytes so far */
+    unsigned char fh_have, fh_need;
+    unsigned char frag_open; /* a fragmented data message has begun, not ended */
+    struct event *timer;     /* connect deadline, deferred failure, close deadline */
+    char *fail_reason;       /* reported by the timer when set */
+    int depth;               /* enter()/leave() nesting */
+    int doomed;              /* free at the outermost leave() */
     int linked;
     int close_rcvd, peer_first;
     int peer_code;
@@ -201,6 +215,17 @@ static void check_finished(struct sb_ws *ws)
     arm_timer(ws, ws->c->close_ms);
 }
 
+/* Nothing in flight in wslay: its context can go (see the top). */
+static int framing_idle(struct sb_ws *ws)
+{
+    return ws->st == ST_OPEN && ws->ctx && !ws->doomed && ws->fh_have == 0 && ws->f_left == 0 &&
+           !ws->frag_open && !ws->close_rcvd && ws->bev &&
+           evbuffer_get_length(bufferevent_get_input(ws->bev)) == 0 &&
+           wslay_event_get_read_enabled(ws->ctx) && wslay_event_get_write_enabled(ws->ctx) &&
+           !wslay_event_get_close_sent(ws->ctx) && !wslay_event_get_close_received(ws->ctx) &&
+           !wslay_event_want_write(ws->ctx) && wslay_event_get_queued_msg_count(ws->ctx) == 0;
+}
+
 static void leave(struct sb_ws *ws)
 {
     if (ws->depth == 1 && !ws->doomed && ws->st == ST_OPEN && ws->ctx) {
@@ -208,12 +233,59 @@ static void leave(struct sb_ws *ws)
             ws_end(ws, 1006, "cannot write to the connection");
         else
             check_finished(ws);
+        if (framing_idle(ws)) {
+            wslay_event_context_free(ws->ctx);
+            ws->ctx = NULL;
+        }
     }
     if (--ws->depth == 0 && ws->doomed)
         ws_destroy(ws);
 }
 
 /* ---- wslay callbacks ---- */
+
+/*
+ * Follow the frames in the bytes handed to wslay (server frames, RFC 6455
+ * 5.2): where the current one ends, and whether a fragmented message is
+ * open. Only for knowing when wslay holds nothing; wslay judges the frames.
+ */
+static void track_frames(struct sb_ws *ws, const unsigned char *p, size_t n)
+{
+    while (n) {
+        if (ws->f_left) {
+            size_t k = ws->f_left < n ? (size_t)ws->f_left : n;
+            ws->f_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        ws->fh[ws->fh_have++] = *p++;
+        n--;
+        if (ws->fh_have == 2) {
+            unsigned l7 = ws->fh[1] & 0x7f;
+            ws->fh_need = (unsigned char)(2 +
+                                          (l7 == 126   ? 2
+                                           : l7 == 127 ? 8
+                                                       : 0) +
+                                          (ws->fh[1] & 0x80 ? 4 : 0));
+        }
+        if (ws->fh_have < 2 || ws->fh_have < ws->fh_need)
+            continue;
+        unsigned l7 = ws->fh[1] & 0x7f;
+        uint64_t len = l7;
+        if (l7 == 126)
+            len = (uint64_t)ws->fh[2] << 8 | ws->fh[3];
+        else if (l7 == 127) {
+            len = 0;
+            for (int i = 2; i < 10; i++)
+                len = len << 8 | ws->fh[i];
+        }
+        if ((ws->fh[0] & 0x0f) < 8) /* continuation, text, binary: FIN ends the message */
+            ws->frag_open = !(ws->fh[0] & 0x80);
+        ws->f_left = len;
+        ws->fh_have = 0;
+    }
+}
 
 static ssize_t on_wslay_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                              void *user)
@@ -224,6 +296,7 @@ static ssize_t on_wslay_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
+    track_frames(ws, buf, (size_t)n);
     return n;
 }
 
@@ -391,8 +464,11 @@ static const char *check_answer(struct sb_ws *ws, char *head, char *why, size_t 
     return NULL;
 }
 
+/* A wslay context for an open connection that has none; -1 when out of memory. */
 static int start_framing(struct sb_ws *ws)
 {
+    if (ws->ctx)
+        return 0;
     static const struct wslay_event_callbacks cbs = {
         .recv_callback = on_wslay_recv,
         .send_callback = on_wslay_send,
@@ -450,7 +526,9 @@ static void on_read(struct bufferevent *bev, void *arg)
     if (ws->st == ST_HANDSHAKE)
         on_handshake_data(ws);
     else if (ws->st == ST_OPEN) {
-        if (wslay_event_recv(ws->ctx) != 0)
+        if (start_framing(ws) < 0)
+            ws_end(ws, 1006, "out of memory");
+        else if (wslay_event_recv(ws->ctx) != 0)
             ws_end(ws, 1006, "cannot read the connection");
     } else {
         evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
@@ -499,10 +577,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         if (ws->st == ST_CONNECTING) {
             ws->st = ST_HANDSHAKE;
             bufferevent_write(bev, ws->request, strlen(ws->request));
+            free(ws->request);
+            ws->request = NULL;
         }
     } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         char why[320];
-        if (ws->st == ST_OPEN && ws->ctx) {
+        if (ws->st == ST_OPEN && (ws->ctx || start_framing(ws) == 0)) {
             /* What arrived before the end still counts (a close frame, say). */
             if (evbuffer_get_length(bufferevent_get_input(bev)))
                 wslay_event_recv(ws->ctx);
@@ -606,6 +686,16 @@ void sbh_wsc_set_timeouts(struct sbh_wsc *c, unsigned connect_ms, unsigned close
 size_t sbh_wsc_active(const struct sbh_wsc *c)
 {
     return c ? c->n_socks : 0;
+}
+
+size_t sbh_wsc_framing(const struct sbh_wsc *c)
+{
+    size_t n = 0;
+    const struct sb_ws *ws;
+    if (c)
+        LIST_FOREACH (ws, &c->socks, all)
+            n += ws->ctx != NULL;
+    return n;
 }
 
 static SSL_CTX *ssl_ctx(struct sbh_wsc *c)
@@ -878,11 +968,14 @@ int sbh_ws_send(sb_ws *ws, int binary, const void *data, size_t len)
 {
     if (!ws || (len && !data))
         return SB_EINVAL;
-    if (ws->st != ST_OPEN || ws->doomed || !ws->fn || !ws->ctx ||
-        wslay_event_get_close_sent(ws->ctx) || !wslay_event_get_write_enabled(ws->ctx))
+    if (ws->st != ST_OPEN || ws->doomed || !ws->fn)
         return SB_EGONE;
     if (evbuffer_get_length(bufferevent_get_output(ws->bev)) > SBH_WS_MAX_OUTPUT)
         return SB_ENOMEM;
+    if (start_framing(ws) < 0)
+        return SB_ENOMEM;
+    if (wslay_event_get_close_sent(ws->ctx) || !wslay_event_get_write_enabled(ws->ctx))
+        return SB_EGONE;
     struct wslay_event_msg msg = {
         .opcode = binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME,
         .msg = data,
@@ -903,7 +996,7 @@ void sbh_ws_close(sb_ws *ws, int code, const char *reason)
     if (!ws || !ws->fn)
         return; /* already let go, or told CLOSED */
     ws->fn = NULL;
-    if (ws->st != ST_OPEN || !ws->ctx || ws->doomed) {
+    if (ws->st != ST_OPEN || ws->doomed || start_framing(ws) < 0) {
         ws_finish(ws);
         return;
     }

@@ -81,4 +81,7 @@ void sbh_ws_cancel_inst(struct sb_instance *inst);
 /* Sockets alive (including ones closing after their owner let go). */
 size_t sbh_wsc_active(const struct sbh_wsc *c);
 
+/* Sockets holding a wslay context now (open ones let it go when idle). */
+size_t sbh_wsc_framing(const struct sbh_wsc *c);
+
 #endif

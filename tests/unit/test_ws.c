@@ -101,8 +101,7 @@ static void rec_clear(struct rec *r)
     memset(r, 0, sizeof(*r));
 }
 
-static void on_ws(void *arg, enum sb_ws_event ev, const unsigned char *data, size_t len,
-                  int code)
+static void on_ws(void *arg, enum sb_ws_event ev, const unsigned char *data, size_t len, int code)
 {
     struct rec *r = arg;
     if (g_in_call)
@@ -144,8 +143,8 @@ static sb_ws *open_ws(struct sb_instance *inst, int tls, const char *host, const
                       struct rec *r, const sb_header *h, size_t nh)
 {
     char url[256];
-    snprintf(url, sizeof(url), "%s://%s:%d%s", tls ? "wss" : "ws", host,
-             tls ? g_tls_port : g_port, path);
+    snprintf(url, sizeof(url), "%s://%s:%d%s", tls ? "wss" : "ws", host, tls ? g_tls_port : g_port,
+             path);
     g_in_call = 1;
     r->ws = sbh_ws_connect(g_c, &g_gen, inst, url, h, nh, on_ws, r);
     g_in_call = 0;
@@ -207,6 +206,10 @@ static void test_echo(void)
     CU_ASSERT_EQUAL(r.binary[1], 1);
     CU_ASSERT(memcmp(r.msg[1], "\x00\x01\x02", 3) == 0);
     CU_ASSERT_EQUAL(r.len[2], big);
+    CU_ASSERT_EQUAL(sbh_wsc_framing(g_c), 0); /* idle again: the wslay context is gone */
+    CU_ASSERT_EQUAL(send_text(r.ws, "again"), SB_OK);
+    CU_ASSERT_FATAL(run_until(&r.msgs, 4, 3000));
+    CU_ASSERT_STRING_EQUAL(r.msg[3], "again");
     /* We close: no callback comes, the handshake completes on its own. */
     g_in_call = 1;
     sbh_ws_close(r.ws, 1000, "bye");
@@ -250,6 +253,32 @@ static void test_fragments_and_ping(void)
     sbh_ws_close(r.ws, 0, NULL);
     g_in_call = 0;
     wait_idle();
+    rec_clear(&r);
+}
+
+/* Frames split across reads, with the connection idle between them: the
+ * wslay context is let go only between whole messages and comes back. */
+static void test_trickle(void)
+{
+    struct rec r = {0};
+    open_ws(NULL, 0, "127.0.0.1", "/trickle", &r, NULL, 0);
+    CU_ASSERT_FATAL(run_until(&r.msgs, 5, 5000));
+    CU_ASSERT_STRING_EQUAL(r.msg[0], "abc");
+    CU_ASSERT_STRING_EQUAL(r.msg[1], "hello world");
+    CU_ASSERT_EQUAL(r.len[2], 200);
+    CU_ASSERT_EQUAL(strspn(r.msg[2], "x"), 200);
+    CU_ASSERT_EQUAL(r.binary[3], 1);
+    CU_ASSERT_EQUAL(r.len[3], 70000);
+    CU_ASSERT_EQUAL(r.len[3] == 70000 ? strspn(r.msg[3], "y") : 0, 70000);
+    CU_ASSERT_STRING_EQUAL(r.msg[4], "done pong");
+    run_for(50);
+    CU_ASSERT_EQUAL(sbh_wsc_active(g_c), 1);
+    CU_ASSERT_EQUAL(sbh_wsc_framing(g_c), 0); /* open and idle: no wslay context */
+    g_in_call = 1;
+    sbh_ws_close(r.ws, 0, NULL);
+    g_in_call = 0;
+    wait_idle();
+    CU_ASSERT_EQUAL(r.closed, 0);
     rec_clear(&r);
 }
 
@@ -418,8 +447,8 @@ static void test_send_and_close_in_callbacks(void)
 static void test_bad_arguments(void)
 {
     struct rec r = {0};
-    const char *bad[] = {"http://127.0.0.1/", "ws://", "ws://:80/", "ws://a b/", "ws://h:0/",
-                         "ws://h:99999/", "ws://[::1/", "ws://h/x y"};
+    const char *bad[] = {"http://127.0.0.1/", "ws://",         "ws://:80/",  "ws://a b/",
+                         "ws://h:0/",         "ws://h:99999/", "ws://[::1/", "ws://h/x y"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CU_ASSERT_PTR_NULL(sbh_ws_connect(g_c, &g_gen, NULL, bad[i], NULL, 0, on_ws, &r));
     sb_header reserved[] = {{"Sec-WebSocket-Key", "x"}};
@@ -428,8 +457,7 @@ static void test_bad_arguments(void)
     CU_ASSERT_PTR_NULL(
         sbh_ws_connect(g_c, &g_gen, NULL, "ws://127.0.0.1/", reserved, 1, on_ws, &r));
     CU_ASSERT_PTR_NULL(sbh_ws_connect(g_c, &g_gen, NULL, "ws://127.0.0.1/", crlf, 1, on_ws, &r));
-    CU_ASSERT_PTR_NULL(
-        sbh_ws_connect(g_c, &g_gen, NULL, "ws://127.0.0.1/", notoken, 1, on_ws, &r));
+    CU_ASSERT_PTR_NULL(sbh_ws_connect(g_c, &g_gen, NULL, "ws://127.0.0.1/", notoken, 1, on_ws, &r));
     CU_ASSERT_PTR_NULL(sbh_ws_connect(g_c, &g_gen, NULL, "ws://127.0.0.1/", NULL, 0, NULL, &r));
     CU_ASSERT_EQUAL(sbh_wsc_active(g_c), 0);
     CU_ASSERT_EQUAL(r.events, 0);
@@ -442,6 +470,7 @@ static const struct {
     {"echo text, binary, 1 MiB; client close", test_echo},
     {"server-initiated close codes", test_server_close},
     {"fragmented message and ping/pong", test_fragments_and_ping},
+    {"frames split over idle reads", test_trickle},
     {"oversized message closes 1009", test_oversized},
     {"abrupt disconnect is 1006", test_abrupt_drop},
     {"invalid UTF-8 text closes 1007", test_bad_utf8},

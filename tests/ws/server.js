@@ -13,6 +13,9 @@
 //   /badutf8     sends bytes ff fe as a text message
 //   /badaccept   answers 101 with a wrong Sec-WebSocket-Accept (raw socket)
 //   /closes      reports every client close code it saw so far, as JSON
+//   /trickle     writes raw frames in pieces 40 ms apart (headers and payloads
+//                split, a ping inside a fragmented message, 16- and 64-bit
+//                lengths), then "done pong" once the client's pong arrived
 'use strict';
 const fs = require('fs');
 const http = require('http');
@@ -47,6 +50,32 @@ wss.on('connection', (ws, req) => {
     ws.send(String(req.headers['x-test'] || ''));
   } else if (path === '/badutf8') {
     ws.send(Buffer.from([0xff, 0xfe]), { binary: false });
+  } else if (path === '/trickle') {
+    let pong = false;
+    ws.on('pong', () => { pong = true; });
+    const b = (...parts) => Buffer.concat(parts.map((x) => (typeof x === 'string' ? Buffer.from(x) : Buffer.from(x))));
+    const mid = Buffer.alloc(200, 0x78); // 'x' * 200, 16-bit length
+    const large = Buffer.alloc(70000, 0x79); // 'y' * 70000, 64-bit length
+    const pieces = [
+      [0x81], b([0x03], 'a'), 'bc', // "abc": header split, payload split
+      b([0x01, 0x03], 'hel'), // "hello world" in three fragments,
+      b([0x89, 0x02], 'pi'), // a ping between them,
+      b([0x00, 0x03], 'lo '), [0x80, 0x05], 'world',
+      [0x81, 0x7e], [0x00], b([0xc8], mid.subarray(0, 100)), mid.subarray(100),
+      [0x82, 0x7f, 0, 0, 0, 0], [0, 1, 0x11, 0x70], large.subarray(0, 30000), large.subarray(30000),
+    ];
+    const sock = ws._socket;
+    let i = 0;
+    const next = () => {
+      if (i < pieces.length) {
+        const p = pieces[i++];
+        sock.write(typeof p === 'string' ? Buffer.from(p) : Buffer.from(p));
+        setTimeout(next, 40);
+      } else {
+        ws.send(pong ? 'done pong' : 'done');
+      }
+    };
+    next();
   } else if (path === '/closes') {
     ws.send(JSON.stringify(closes));
   }
