@@ -707,6 +707,8 @@ static SSL_CTX *ssl_ctx(struct sbh_wsc *c)
         return NULL;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    /* Give the record buffers (~34 KiB a connection) back while idle. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_set_default_verify_paths(ctx) != 1)
         sbh_log(SB_LOG_WARN, "ws", NULL, NULL, "cannot load the system CA store");
     if (c->ca_file && SSL_CTX_load_verify_locations(ctx, c->ca_file, NULL) != 1) {
