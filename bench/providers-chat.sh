@@ -26,8 +26,9 @@
 #       is 50 requests/s per bot, kept by both sides), accepted and delivered
 #       per second;
 #   (3) memory: one switchboardd with 1,000 Discord instances created through
-#       the API, each holding a Gateway session to the fake (VmRSS; its
-#       embedded mariadbd apart);
+#       the API, each holding a Gateway session to the fake (VmRSS, and its
+#       private part RssAnon, i.e. without shared library pages; its embedded
+#       mariadbd apart);
 # and the same jobs done by Node.js peers built with the official packages,
 # installed from npm into ~/.cache by this script (bench/node-chat):
 #   Slack    bench/node/peer.js: @slack/bolt's HTTP receiver (signature and
@@ -125,6 +126,9 @@ wait_http() {
 }
 json_get() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get(sys.argv[1], ""))' "$1"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# RssAnon: the private part of VmRSS (heap, stacks, written data), without
+# the shared libraries' and the executable's file pages.
+anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 
 # wrk_run NAME URL LUA: wrk with --latency, output in $tmp/NAME.wrk; also
@@ -249,6 +253,7 @@ auth="Bearer $key"
 subject_pid=$daemon_pid subject_name=switchboardd
 sleep 1
 rss_idle=$(rss_kb "$daemon_pid")
+anon_idle=$(anon_kb "$daemon_pid")
 db_rss_idle=$(rss_kb "$db_pid")
 
 # ---------------------------------------------------------------- (3) 1,000 Gateway sessions
@@ -284,6 +289,7 @@ sb_gw_open=$(gw_stat open) sb_gw_ready=$(gw_stat ready_sent)
 ready_s=$(elapsed "$t0" "$t2")
 sleep 3 # let the READY writes to the key-value store settle
 rss_gw=$(rss_kb "$daemon_pid")
+anon_gw=$(anon_kb "$daemon_pid")
 db_rss_gw=$(rss_kb "$db_pid")
 sb_gw_open2=$(gw_stat open)
 note "(3) switchboard: $sb_gw_open2 sessions open, RSS $(mib "$rss_gw") (idle $(mib "$rss_idle"))"
@@ -479,6 +485,7 @@ if [ "$SKIP_PEER" != 1 ]; then
         eval "${name//-/_}_ready=${n:-0} ${name//-/_}_secs=$(elapsed "$t0" "$t1")"
         eval "${name//-/_}_open=$(gw_stat open)"
         eval "${name//-/_}_rss=$(rss_kb "$peer_pid")"
+        eval "${name//-/_}_anon=$(anon_kb "$peer_pid")"
         stop_peer
         sleep 1
     }
@@ -542,6 +549,12 @@ row "    idle -> $GATEWAYS sessions" "$(mib "$rss_idle") -> $(mib "$rss_gw"): $(
     "$(ratio "$((rss_gw - rss_idle))" "$((${peer_djs_rss:-0} - ${peer_idle_rss:-0}))") per session"
 row "" "" "$(P "bare ws: $(awk -v a="${peer_wsidle_rss:-0}" -v b="${peer_ws_rss:-0}" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per session")" \
     "$(ratio "$((rss_gw - rss_idle))" "$((${peer_ws_rss:-0} - ${peer_wsidle_rss:-0}))")"
+row "    RssAnon (private), $GATEWAYS" "$(mib "$anon_gw") (idle $(mib "$anon_idle"))" \
+    "$(P "$(mib "${peer_djs_anon:-0}") discord.js (idle $(mib "${peer_idle_anon:-0}"))")" \
+    "$(ratio "$anon_gw" "${peer_djs_anon:-}")"
+if [ "$peer_ok" = 1 ] && [ "$SKIP_RAWWS" != 1 ]; then
+    row "" "" "$(mib "${peer_ws_anon:-0}") bare ws (idle $(mib "${peer_wsidle_anon:-0}"))" "$(ratio "$anon_gw" "${peer_ws_anon:-}")"
+fi
 row "    created / all READY" "$GATEWAYS in $create_s s / $ready_s s" "$(P "all ready in ${peer_djs_secs:-?} s (ws: ${peer_ws_secs:-?} s)")" ""
 row "    its mariadbd (apart)" "$(mib "$db_rss_idle") idle, $(mib "$db_rss_gw") with the sessions" "" \
     "$(ratio "$((rss_gw + db_rss_gw))" "${peer_djs_rss:-}") with mariadbd"
