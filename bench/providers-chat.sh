@@ -48,6 +48,10 @@
 #   BENCH_DRAIN_MAX  s to wait for the outbox to drain after a send run [30]
 #   BENCH_NODE_DIR   where the npm packages go
 #                    [${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-bench/node-chat]
+#   BENCH_GATEWAY_TLS=1  the fake Gateway as wss:// (a Node TLS front with a
+#                    certificate made here, trusted through SSL_CERT_FILE by
+#                    the daemon and NODE_EXTRA_CA_CERTS by the peers), as
+#                    Discord serves it; default plain ws://
 #   BENCH_SKIP_PEER=1  switchboard only (node is still needed for the fakes);
 #   BENCH_SKIP_RAWWS=1 no bare-`ws` peer;  BENCH_KEEP=1 keeps the temp dir;
 #   BENCH_NOFILE=N   soft open-files limit for everything started here
@@ -68,6 +72,7 @@ DRAIN_MAX=${BENCH_DRAIN_MAX:-30}
 NODE_DIR=${BENCH_NODE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-bench/node-chat}
 SKIP_PEER=${BENCH_SKIP_PEER:-0}
 SKIP_RAWWS=${BENCH_SKIP_RAWWS:-0}
+GATEWAY_TLS=${BENCH_GATEWAY_TLS:-0}
 HEARTBEAT_MS=45000
 CHANNEL=1100000000000000001
 APP_ID=1098765432109876000
@@ -98,12 +103,12 @@ fi
 started=$(date +%s)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-chatbench.XXXXXX")
-daemon_pid='' nginx_pid='' wrk_pid='' peer_pid='' npm_pid='' gw_pid=''
+daemon_pid='' nginx_pid='' wrk_pid='' peer_pid='' npm_pid='' gw_pid='' front_pid=''
 cleanup() {
-    for p in $wrk_pid $peer_pid $npm_pid $daemon_pid $gw_pid $nginx_pid; do
+    for p in $wrk_pid $peer_pid $npm_pid $daemon_pid $front_pid $gw_pid $nginx_pid; do
         kill "$p" 2>/dev/null || true
     done
-    for p in $wrk_pid $peer_pid $npm_pid $daemon_pid $gw_pid $nginx_pid; do
+    for p in $wrk_pid $peer_pid $npm_pid $daemon_pid $front_pid $gw_pid $nginx_pid; do
         wait "$p" 2>/dev/null || true
     done
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
@@ -179,7 +184,7 @@ sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $7 + $8}' /proc/s
 # the daemon's mariadbd, the fakes (nginx worker, Gateway) and the machine.
 cpu_snap() {
     local f=0 c v
-    for c in $gw_pid $nginx_pid $(cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null); do
+    for c in $gw_pid $front_pid $nginx_pid $(cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null); do
         f=$((f + $(proc_ticks "$c")))
     done
     v="$(proc_ticks "${subject_pid:-0}") $(proc_ticks "${db_pid:-0}") $f $(sys_ticks)"
@@ -215,6 +220,24 @@ gw_http="http://127.0.0.1:$gport"
 node "$CHAT" gateway "$gport" "$HEARTBEAT_MS" >"$tmp/gateway.log" 2>&1 &
 gw_pid=$!
 wait_http "$gw_http/stats" 10 || die "fake Gateway did not start: $(tail -3 "$tmp/gateway.log")"
+gw_kind="ws://"
+if [ "$GATEWAY_TLS" = 1 ]; then
+    mkdir -p "$tmp/tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tmp/tls/key.pem" -out "$tmp/tls/cert.pem" \
+        -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1 ||
+        die "cannot make a certificate with openssl req"
+    tport=$(free_port)
+    node "$CHAT" tlsfront "$tport" "$gport" "$tmp/tls/cert.pem" "$tmp/tls/key.pem" \
+        >"$tmp/tlsfront.log" 2>&1 &
+    front_pid=$!
+    for _ in $(seq 1 100); do
+        grep -q 'tls front on' "$tmp/tlsfront.log" && break
+        sleep 0.05
+    done
+    gw_url="wss://127.0.0.1:$tport"
+    gw_kind="wss:// (RSA 2048 certificate, Node tls front)"
+    export SSL_CERT_FILE="$tmp/tls/cert.pem" NODE_EXTRA_CA_CERTS="$tmp/tls/cert.pem"
+fi
 
 fport=$(free_port)
 sed -e "s|@PORT@|$fport|g" -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@GATEWAY@|$gw_url|g" \
@@ -511,7 +534,7 @@ row() { printf "%-${W1}s %-${W2}s %-${W3}s %s\n" "$@"; }
 
 echo
 echo "switchboard Slack/Discord bench: wrk -t$THREADS -c$CONNS -d${DURATION}s on 127.0.0.1 ($(nproc) CPUs, load average at start $load0)"
-echo "fakes: nginx return 200 (1 worker) for Slack Web API + Discord REST; Gateway: node ws $(nv ws) server, heartbeat_interval ${HEARTBEAT_MS} ms"
+echo "fakes: nginx return 200 (1 worker) for Slack Web API + Discord REST; Gateway: node ws $(nv ws) server, $gw_kind, heartbeat_interval ${HEARTBEAT_MS} ms"
 if [ "$peer_ok" = 1 ]; then
     echo "peers: node $(node --version); @slack/bolt $bolt_v + @slack/web-api $webapi_v; discord-interactions $dint_v; @discordjs/rest $drest_v; discord.js $djs_v; ws $ws_v"
 fi

@@ -31,6 +31,9 @@
 //   node chat.js rawws N GATEWAY_URL
 //       N bare `ws` Gateway sessions (Hello, Identify, heartbeats), the
 //       lightest Node peer; $PORT /healthz as for clients.
+//   node chat.js tlsfront PORT TARGET_PORT CERT KEY
+//       TLS on 127.0.0.1:PORT in front of 127.0.0.1:TARGET_PORT (the fake
+//       Gateway as wss://, the way Discord serves it).
 const http = require('node:http');
 const fs = require('node:fs');
 const path = require('node:path');
@@ -287,6 +290,22 @@ function rawws(n, url) {
   }
 }
 
+function tlsfront(port, target, cert, key) {
+  const tls = require('node:tls');
+  const net = require('node:net');
+  tls
+    .createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (s) => {
+      const c = net.connect(target, '127.0.0.1');
+      s.pipe(c);
+      c.pipe(s);
+      s.on('error', () => c.destroy());
+      c.on('error', () => s.destroy());
+      s.on('close', () => c.destroy());
+      c.on('close', () => s.destroy());
+    })
+    .listen(port, '127.0.0.1', () => console.error(`tls front on ${port} -> ${target}`));
+}
+
 if (mode === 'gateway') gateway(Number(args[0]), Number(args[1] || 45000));
 else if (mode === 'keygen') keygen(args[0]);
 else if (mode === 'sign') sign(args[0], Number(args[1]), args[2], args[3]);
@@ -294,7 +313,8 @@ else if (mode === 'interactions') interactions(Number(args[0]), args[1]);
 else if (mode === 'send') send(Number(args[0]), args[1]);
 else if (mode === 'clients') clients(Number(args[0]), args[1]);
 else if (mode === 'rawws') rawws(Number(args[0]), args[1]);
+else if (mode === 'tlsfront') tlsfront(Number(args[0]), Number(args[1]), args[2], args[3]);
 else {
-  console.error('usage: chat.js gateway|keygen|sign|interactions|send|clients|rawws ...');
+  console.error('usage: chat.js gateway|keygen|sign|interactions|send|clients|rawws|tlsfront ...');
   process.exit(2);
 }
