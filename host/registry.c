@@ -591,16 +591,20 @@ static void instance_set(struct sb_instance *inst, const json_t *settings, int e
     inst->enabled = enabled;
 }
 
+/* An API-managed instance's entry in reg->dynamic: [provider, settings,
+ * enabled] (an array: ~0.2 KiB less per instance than an object). */
+enum { SPEC_PROVIDER, SPEC_SETTINGS, SPEC_ENABLED };
+
 /* Place the API-managed instances of slot's provider. */
 static void place_dynamic(struct sbh_slot *slot)
 {
     const char *id;
     json_t *spec;
     json_object_foreach (slot->reg->dynamic, id, spec) {
-        if (strcmp(json_string_value(json_object_get(spec, "provider")), slot->name) != 0)
+        if (strcmp(json_string_value(json_array_get(spec, SPEC_PROVIDER)), slot->name) != 0)
             continue;
-        json_t *settings = json_object_get(spec, "settings");
-        int enabled = json_is_true(json_object_get(spec, "enabled"));
+        json_t *settings = json_array_get(spec, SPEC_SETTINGS);
+        int enabled = json_is_true(json_array_get(spec, SPEC_ENABLED));
         struct sb_instance *inst = instance_find(slot, id);
         if (inst)
             instance_set(inst, settings, enabled);
@@ -878,8 +882,7 @@ static struct sb_instance *instance_lookup(const struct sbh_registry *reg, const
 int sbh_registry_instance_put(struct sbh_registry *reg, const char *id, const char *provider,
                               json_t *settings, int enabled)
 {
-    json_t *spec = json_pack("{s:s, s:o, s:b}", "provider", provider, "settings", settings,
-                             "enabled", enabled);
+    json_t *spec = json_pack("[s, o, b]", provider, settings, enabled); /* SPEC_* */
     if (!spec)
         return -1;
     struct sb_instance *inst = instance_lookup(reg, id);
@@ -924,7 +927,7 @@ int sbh_registry_instance_control(struct sbh_registry *reg, const char *id, int 
     inst->enabled = start || !stop;
     json_t *spec = json_object_get(reg->dynamic, id);
     if (spec)
-        json_object_set_new(spec, "enabled", json_boolean(inst->enabled));
+        json_array_set_new(spec, SPEC_ENABLED, json_boolean(inst->enabled));
     if (start && !inst->gen && inst->slot->state == SBH_SLOT_RUNNING)
         instance_start(inst, inst->slot->cur);
     return 0;

@@ -161,7 +161,7 @@ struct sbh_registry {
     void *sink_arg;
     void (*swap_done)(void *);
     void *swap_done_arg;
-    /* API-managed instances by id: {"provider", "settings", "enabled"}. They
+    /* API-managed instances by id: [provider, settings, enabled]. They
      * outlive their plugin's slot and are placed again when it returns. */
     json_t *dynamic;
     struct sbh_map *by_id;            /* instance id -> sb_instance, across slots */
