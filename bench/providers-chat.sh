@@ -526,6 +526,8 @@ fi
 # ---------------------------------------------------------------- table
 num() { [ -n "${1:-}" ] && awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); r = ""; while (length(s) > 3) {r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3)} print s r}' || echo "n/a"; }
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+# Three places for the memory ratios, whose target (0.10) is on the second.
+ratio3() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.3f", a / b; else print "n/a"}'; }
 errs() { echo $(($(wrk_non2xx "$1") + $(wrk_sockerr "$1"))); }
 lat() { echo "p50 $(wrk_pct "$1" 50%) p99 $(wrk_pct "$1" 99%)"; }
 P() { [ "$peer_ok" = 1 ] && echo "$@" || echo -; }
@@ -563,20 +565,20 @@ row "(2) Discord delivered/s, $GATEWAYS bots" "$(num "$sb_dc_send_del") (run + d
 row "    " "$sb_dc_send_info" "" ""
 row "(3) RSS, $GATEWAYS Gateway sessions" "$(mib "$rss_gw") ($sb_gw_open2 open)" \
     "$(P "$(mib "${peer_djs_rss:-0}") discord.js Clients (${peer_djs_ready:-0} ready)")" \
-    "$(ratio "$rss_gw" "${peer_djs_rss:-}") (target <= 0.10)"
+    "$(ratio3 "$rss_gw" "${peer_djs_rss:-}") (target <= 0.10)"
 if [ "$peer_ok" = 1 ] && [ "$SKIP_RAWWS" != 1 ]; then
-    row "" "" "$(mib "${peer_ws_rss:-0}") bare ws sessions (${peer_ws_ready:-0} ready)" "$(ratio "$rss_gw" "${peer_ws_rss:-}")"
+    row "" "" "$(mib "${peer_ws_rss:-0}") bare ws sessions (${peer_ws_ready:-0} ready)" "$(ratio3 "$rss_gw" "${peer_ws_rss:-}")"
 fi
 row "    idle -> $GATEWAYS sessions" "$(mib "$rss_idle") -> $(mib "$rss_gw"): $(awk -v a="$rss_idle" -v b="$rss_gw" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per session" \
     "$(P "$(mib "${peer_idle_rss:-0}") -> $(mib "${peer_djs_rss:-0}"): $(awk -v a="${peer_idle_rss:-0}" -v b="${peer_djs_rss:-0}" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per Client")" \
-    "$(ratio "$((rss_gw - rss_idle))" "$((${peer_djs_rss:-0} - ${peer_idle_rss:-0}))") per session"
+    "$(ratio3 "$((rss_gw - rss_idle))" "$((${peer_djs_rss:-0} - ${peer_idle_rss:-0}))") per session"
 row "" "" "$(P "bare ws: $(awk -v a="${peer_wsidle_rss:-0}" -v b="${peer_ws_rss:-0}" -v n="$GATEWAYS" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per session")" \
-    "$(ratio "$((rss_gw - rss_idle))" "$((${peer_ws_rss:-0} - ${peer_wsidle_rss:-0}))")"
+    "$(ratio3 "$((rss_gw - rss_idle))" "$((${peer_ws_rss:-0} - ${peer_wsidle_rss:-0}))")"
 row "    RssAnon (private), $GATEWAYS" "$(mib "$anon_gw") (idle $(mib "$anon_idle"))" \
     "$(P "$(mib "${peer_djs_anon:-0}") discord.js (idle $(mib "${peer_idle_anon:-0}"))")" \
-    "$(ratio "$anon_gw" "${peer_djs_anon:-}")"
+    "$(ratio3 "$anon_gw" "${peer_djs_anon:-}")"
 if [ "$peer_ok" = 1 ] && [ "$SKIP_RAWWS" != 1 ]; then
-    row "" "" "$(mib "${peer_ws_anon:-0}") bare ws (idle $(mib "${peer_wsidle_anon:-0}"))" "$(ratio "$anon_gw" "${peer_ws_anon:-}")"
+    row "" "" "$(mib "${peer_ws_anon:-0}") bare ws (idle $(mib "${peer_wsidle_anon:-0}"))" "$(ratio3 "$anon_gw" "${peer_ws_anon:-}")"
 fi
 row "    created / all READY" "$GATEWAYS in $create_s s / $ready_s s" "$(P "all ready in ${peer_djs_secs:-?} s (ws: ${peer_ws_secs:-?} s)")" ""
 row "    its mariadbd (apart)" "$(mib "$db_rss_idle") idle, $(mib "$db_rss_gw") with the sessions" "" \
