@@ -54,6 +54,9 @@
 #                    Discord serves it; default plain ws://
 #   BENCH_SKIP_PEER=1  switchboard only (node is still needed for the fakes);
 #   BENCH_SKIP_RAWWS=1 no bare-`ws` peer;  BENCH_KEEP=1 keeps the temp dir;
+#   BENCH_GATEWAY_ONLY=1  only the memory part (3), on both sides: no wrk
+#                    runs (1) and (2), no Slack/interactions/send peers
+#                    (about 30 s with the peers, 15 s without);
 #   BENCH_NOFILE=N   soft open-files limit for everything started here
 #                    [the hard limit]
 set -euo pipefail
@@ -73,6 +76,7 @@ NODE_DIR=${BENCH_NODE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-bench/nod
 SKIP_PEER=${BENCH_SKIP_PEER:-0}
 SKIP_RAWWS=${BENCH_SKIP_RAWWS:-0}
 GATEWAY_TLS=${BENCH_GATEWAY_TLS:-0}
+GATEWAY_ONLY=${BENCH_GATEWAY_ONLY:-0}
 HEARTBEAT_MS=45000
 CHANNEL=1100000000000000001
 APP_ID=1098765432109876000
@@ -83,7 +87,7 @@ note() { echo "bench: $*" >&2; }
 for p in slack discord; do
     [ -f "$PLUGINS/$p.so" ] || die "$p.so not found in $PLUGINS (set SB_PLUGIN_DIR)"
 done
-for tool in wrk curl python3 node npm; do
+for tool in $([ "$GATEWAY_ONLY" = 1 ] || echo wrk) curl python3 node npm; do
     command -v "$tool" >/dev/null || die "$tool not installed"
 done
 NGINX=$(command -v nginx || true)
@@ -317,6 +321,7 @@ db_rss_gw=$(rss_kb "$db_pid")
 sb_gw_open2=$(gw_stat open)
 note "(3) switchboard: $sb_gw_open2 sessions open, RSS $(mib "$rss_gw") (idle $(mib "$rss_idle"))"
 
+if [ "$GATEWAY_ONLY" != 1 ]; then
 # ---------------------------------------------------------------- instances for (1) and (2)
 SECRET="bench-signing-secret-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TOKEN="xoxb-bench-token"
@@ -423,6 +428,7 @@ sb_dc_stored=$(($(metric switchboard_events_stored_total) - stored0))
 note "(2) switchboard: Discord sends over $GATEWAYS bots"
 sed "s|^|/v1/instances/|; s|\$|/messages|" "$tmp/gw-ids" >"$tmp/sb.paths"
 BENCH_PATHS="$tmp/sb.paths" send_run sb-dc-send "$base/" "$here/multi-send.lua"
+fi # GATEWAY_ONLY
 
 rss_end=$(rss_kb "$daemon_pid")
 sb_gw_open_end=$(gw_stat open)
@@ -454,6 +460,7 @@ if [ "$SKIP_PEER" != 1 ]; then
         peer_pid=
     }
 
+    if [ "$GATEWAY_ONLY" != 1 ]; then
     note "(1) peer: Slack (bolt $bolt_v, web-api $webapi_v, node $(node --version))"
     start_peer peer-slack env SLACK_API_URL="$fake/api/" SLACK_BOT_TOKEN=$TOKEN node "$NODE_DIR/peer.js" serve
     wait_http "$peer/healthz" 20 || die "the Slack peer did not start: $(tail -5 "$tmp/peer-slack.log")"
@@ -487,6 +494,7 @@ if [ "$SKIP_PEER" != 1 ]; then
     BENCH_PATHS="$tmp/peer.paths" wrk_run peer-dc-send "$peer/" "$here/multi-send.lua"
     peer_dc_send_del=$(awk -v n="$(($(fake_count) - f0 - 1))" -v s="$(wrk_secs "$tmp/peer-dc-send.wrk")" 'BEGIN {printf "%.0f", n / s}')
     stop_peer
+    fi # GATEWAY_ONLY
 
     # peer_sessions NAME COUNT CMD...: RSS of a Node process holding COUNT sessions.
     peer_sessions() {
@@ -541,6 +549,7 @@ if [ "$peer_ok" = 1 ]; then
     echo "peers: node $(node --version); @slack/bolt $bolt_v + @slack/web-api $webapi_v; discord-interactions $dint_v; @discordjs/rest $drest_v; discord.js $djs_v; ws $ws_v"
 fi
 row "job" "switchboardd (slack.so / discord.so)" "Node peer" "switchboard/peer"
+if [ "$GATEWAY_ONLY" != 1 ]; then
 row "(1) Slack events verified/s" "$(num "$(wrk_ok_rps "$tmp/sb-slack-in.wrk")") ($(lat "$tmp/sb-slack-in.wrk"))" \
     "$(P "$(num "$(wrk_ok_rps "$tmp/peer-slack-in.wrk" 2>/dev/null)") ($(lat "$tmp/peer-slack-in.wrk" 2>/dev/null)) bolt")" \
     "$(ratio "$(wrk_ok_rps "$tmp/sb-slack-in.wrk")" "$(wrk_ok_rps "$tmp/peer-slack-in.wrk" 2>/dev/null)")"
@@ -563,6 +572,7 @@ row "(2) Discord sends accepted/s" "$(num "$(wrk_ok_rps "$tmp/sb-dc-send.wrk")")
 row "(2) Discord delivered/s, $GATEWAYS bots" "$(num "$sb_dc_send_del") (run + drain)" "$(P "$(num "${peer_dc_send_del:-}")")" \
     "$(ratio "$sb_dc_send_del" "${peer_dc_send_del:-}")"
 row "    " "$sb_dc_send_info" "" ""
+fi # GATEWAY_ONLY
 row "(3) RSS, $GATEWAYS Gateway sessions" "$(mib "$rss_gw") ($sb_gw_open2 open)" \
     "$(P "$(mib "${peer_djs_rss:-0}") discord.js Clients (${peer_djs_ready:-0} ready)")" \
     "$(ratio3 "$rss_gw" "${peer_djs_rss:-}") (target <= 0.10)"
@@ -583,7 +593,8 @@ fi
 row "    created / all READY" "$GATEWAYS in $create_s s / $ready_s s" "$(P "all ready in ${peer_djs_secs:-?} s (ws: ${peer_ws_secs:-?} s)")" ""
 row "    its mariadbd (apart)" "$(mib "$db_rss_idle") idle, $(mib "$db_rss_gw") with the sessions" "" \
     "$(ratio "$((rss_gw + db_rss_gw))" "${peer_djs_rss:-}") with mariadbd"
-row "    daemon RSS after all runs" "$(mib "$rss_end"), $sb_gw_open_end sessions still open" "" ""
+[ "$GATEWAY_ONLY" = 1 ] ||
+    row "    daemon RSS after all runs" "$(mib "$rss_end"), $sb_gw_open_end sessions still open" "" ""
 echo
 for l in "${cpu_lines[@]}"; do echo "$l"; done
 echo "wall time $(($(date +%s) - started)) s; load average at end $(cut -d' ' -f1-3 /proc/loadavg)"
