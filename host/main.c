@@ -8,9 +8,11 @@
 #include <sys/resource.h>
 
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifndef SBH_SYSCONFDIR
 #define SBH_SYSCONFDIR "/etc"
@@ -90,6 +92,40 @@ static void raise_nofile(void)
     }
 }
 
+/* GnuTLS is in the process only because libcurl's LDAP and RTMP support
+ * (libldap, librtmp) link it; curl is limited to http and https here
+ * (host/httpc.c), and libssl does the daemon's TLS. Yet GnuTLS's library
+ * constructor runs gnutls_global_init() at load, before main: ~1 MiB of RSS
+ * (its tables, p11-kit, nettle, gmp). GnuTLS documents GNUTLS_NO_IMPLICIT_INIT=1
+ * to skip that; libldap and librtmp call gnutls_global_init() themselves
+ * before any use. As the constructor reads it before main, the daemon runs
+ * itself again once (same pid, same arguments) with it set, then takes it out
+ * of the environment so that its children (mariadbd, plugin-hosts) do not
+ * inherit it. GNUTLS_NO_IMPLICIT_INIT set by the caller, to anything, is left
+ * alone (0 keeps the implicit init and skips the re-exec). */
+#define SBH_REEXEC_MARK "SWITCHBOARD_GNUTLS_REEXEC"
+static void skip_gnutls_implicit_init(char **argv)
+{
+    if (getenv(SBH_REEXEC_MARK)) { /* the second run: the constructor saw it */
+        unsetenv(SBH_REEXEC_MARK);
+        unsetenv("GNUTLS_NO_IMPLICIT_INIT");
+        return;
+    }
+    if (getenv("GNUTLS_NO_IMPLICIT_INIT"))
+        return;
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0 || (size_t)n >= sizeof(self) - 1)
+        return;
+    self[n] = '\0';
+    if (setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 1) != 0 || setenv(SBH_REEXEC_MARK, "1", 1) != 0)
+        return;
+    execv(self, argv);
+    /* Could not: run on as we are, with GnuTLS initialised. */
+    unsetenv(SBH_REEXEC_MARK);
+    unsetenv("GNUTLS_NO_IMPLICIT_INIT");
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_PLUGIN_DIR = 256, OPT_STATE_DIR, OPT_MIGRATIONS_DIR, OPT_CHECK, OPT_STATUS };
@@ -160,6 +196,7 @@ int main(int argc, char **argv)
     if (command)
         return run_command(command, config, &ov, status);
 
+    skip_gnutls_implicit_init(argv);
     struct sbh_daemon d;
     int rc = 1;
     raise_nofile();
