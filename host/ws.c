@@ -78,7 +78,8 @@ struct sb_ws {
     unsigned char fh[14];        /* the current frame's header, fh_have bytes so far */
     unsigned char fh_have, fh_need;
     unsigned char frag_open; /* a fragmented data message has begun, not ended */
-    struct event *timer;     /* connect deadline, deferred failure, close deadline */
+    struct event *timer;     /* connect deadline, deferred failure, close deadline;
+                                NULL while OPEN until a close begins */
     char *fail_reason;       /* reported by the timer when set */
     int depth;               /* enter()/leave() nesting */
     int doomed;              /* free at the outermost leave() */
@@ -180,10 +181,24 @@ static void ws_end(struct sb_ws *ws, int code, const char *reason)
     ws_finish(ws);
 }
 
-static void arm_timer(struct sb_ws *ws, unsigned ms)
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* -1 when out of memory: the timer is made again for a close. */
+static int arm_timer(struct sb_ws *ws, unsigned ms)
 {
+    if (!ws->timer && !(ws->timer = evtimer_new(ws->c->base, on_timer, ws)))
+        return -1;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ws->timer, &tv);
+    return evtimer_add(ws->timer, &tv) == 0 ? 0 : -1;
+}
+
+/* No deadline while open: an idle session holds no timer (~0.15 KiB). */
+static void drop_timer(struct sb_ws *ws)
+{
+    if (ws->timer) {
+        event_free(ws->timer);
+        ws->timer = NULL;
+    }
 }
 
 /* Both sides' close frames are through (or reading stopped after ours). */
@@ -192,8 +207,9 @@ static void check_finished(struct sb_ws *ws)
     if (ws->st != ST_OPEN || !ws->ctx || ws->doomed)
         return;
     if (wslay_event_want_read(ws->ctx) || wslay_event_want_write(ws->ctx)) {
-        if (wslay_event_get_close_sent(ws->ctx) && !evtimer_pending(ws->timer, NULL))
-            arm_timer(ws, ws->c->close_ms);
+        if (wslay_event_get_close_sent(ws->ctx) &&
+            !(ws->timer && evtimer_pending(ws->timer, NULL)) && arm_timer(ws, ws->c->close_ms) < 0)
+            ws_end(ws, wslay_event_get_status_code_sent(ws->ctx), "out of memory");
         return;
     }
     int sent = wslay_event_get_status_code_sent(ws->ctx);
@@ -211,8 +227,10 @@ static void check_finished(struct sb_ws *ws)
     }
     /* As RFC 6455 7.1.1 asks, the server closes TCP first: wait for its EOF
      * (discarding whatever else comes), bounded by the close timeout. */
-    evtimer_del(ws->timer);
-    arm_timer(ws, ws->c->close_ms);
+    if (ws->timer)
+        evtimer_del(ws->timer);
+    if (arm_timer(ws, ws->c->close_ms) < 0)
+        ws_finish(ws);
 }
 
 /* Nothing in flight in wslay: its context can go (see the top). */
@@ -509,7 +527,7 @@ static void on_handshake_data(struct sb_ws *ws)
         ws_end(ws, 1006, "out of memory");
         return;
     }
-    evtimer_del(ws->timer);
+    drop_timer(ws);
     ws->st = ST_OPEN;
     count(ws, "open");
     deliver(ws, SB_WS_OPEN, NULL, 0, 0);
@@ -1010,8 +1028,10 @@ void sbh_ws_close(sb_ws *ws, int code, const char *reason)
     enter(ws);
     if (!wslay_event_get_close_sent(ws->ctx))
         wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason, rl);
-    evtimer_del(ws->timer);
-    arm_timer(ws, ws->c->close_ms);
+    if (ws->timer)
+        evtimer_del(ws->timer);
+    if (arm_timer(ws, ws->c->close_ms) < 0)
+        ws_finish(ws);
     leave(ws);
 }
 
