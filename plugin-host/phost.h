@@ -66,7 +66,7 @@ struct sb_proc {
     void *arg;
     int ended;       /* reaped: signals answer SB_EGONE */
     int terminating; /* left running at release: SIGTERM sent, reaped at exit */
-    int firing; /* inside exit: release is a no-op, it is freed after */
+    int firing;      /* inside exit: release is a no-op, it is freed after */
 };
 LIST_HEAD(ph_proc_list, sb_proc);
 
