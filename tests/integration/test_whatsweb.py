@@ -240,6 +240,31 @@ def test_session_kept_across_restart_and_browser_kill(make_daemon, ww):
     wait_until(lambda: not browsers_with_profile(profile), 15, what="browser gone after stop")
 
 
+def test_session_kept_across_plugin_host_kill_and_daemon_restart(make_daemon, ww):
+    d = ww_daemon(make_daemon, process={"stop_grace_ms": 10000, "restart_min_ms": 200})
+    iid = ww_instance(d, ww)
+    login(d, ww, iid)
+    scans = len(ww.sessions)
+    profile = provider(d, iid)["profile_dir"]
+    # Chromium writes a page's storage to the profile a few seconds after it
+    # changes (README, WhatsApp Web): a kill right after the scan could lose it.
+    time.sleep(7)
+
+    # The plugin-host killed: the daemon restarts it, its browser with it, logged in.
+    host_pid = provider(d, iid)["process"]["pid"]
+    os.kill(host_pid, signal.SIGKILL)
+    st = wait_ready(d, iid, pred=lambda ps: ps["process"].get("pid") not in (None, host_pid))
+    assert st["provider_status"]["process"]["restarts"] >= 1, st
+    assert len(ww.sessions) == scans, "a new scan was needed after the plugin-host died"
+
+    # The daemon stopped (SIGTERM) and started again on the same state: logged in.
+    assert d.stop() == 0
+    wait_until(lambda: not browsers_with_profile(profile), 15, what="browser gone with the daemon")
+    d.start()
+    wait_ready(d, iid)
+    assert len(ww.sessions) == scans, "a new scan was needed after the daemon restarted"
+
+
 def test_logout_shows_a_new_qr(make_daemon, ww):
     d = ww_daemon(make_daemon)
     iid = ww_instance(d, ww)
