@@ -22,4 +22,14 @@ static inline void sbh_timer_arm_ms(struct event *ev, uint64_t ms)
     event_add(ev, &tv);
 }
 
+/* Exponential backoff's ceiling: base doubled per attempt after the first,
+ * capped at max (attempt 0 or 1 gives base). */
+static inline uint64_t sbh_backoff_ceiling_ms(uint64_t base, uint64_t max, unsigned attempt)
+{
+    uint64_t ms = base;
+    for (unsigned i = 1; i < attempt && ms < max; i++)
+        ms *= 2;
+    return ms > max ? max : ms;
+}
+
 #endif

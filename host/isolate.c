@@ -74,7 +74,6 @@ struct child {
 
 static void child_spawn(struct child *c);
 static void child_failed(struct child *c, const char *why);
-static void arm(struct event *ev, unsigned ms);
 
 /* ---- configuration ---- */
 
@@ -558,16 +557,10 @@ static void on_close(void *arg, const char *why)
     free(c->close_why);
     c->close_why = strdup(detail);
     c->closed_ms = sbh_now_ms();
-    arm(c->tick, EXIT_WAIT_MS);
+    sbh_timer_arm_ms(c->tick, EXIT_WAIT_MS);
 }
 
 /* ---- supervision ---- */
-
-static void arm(struct event *ev, unsigned ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ev, &tv);
-}
 
 static void release_count(struct child *c)
 {
@@ -604,7 +597,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (sbh_now_ms() - c->closed_ms >= EXIT_WAIT_MS)
             child_failed(c, c->close_why ? c->close_why : "IPC channel closed");
         else
-            arm(c->tick, EXIT_WAIT_MS);
+            sbh_timer_arm_ms(c->tick, EXIT_WAIT_MS);
         return;
     }
     uint64_t silent = sbh_now_ms() - c->last_heard_ms;
@@ -615,16 +608,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     send_frame(c, json_pack("{s:s, s:I}", "t", "ping", "n", (json_int_t)++c->ping_seq));
-    arm(c->tick, c->ig->conf.heartbeat_ms);
+    sbh_timer_arm_ms(c->tick, c->ig->conf.heartbeat_ms);
 }
 
 static unsigned backoff_ms(const struct child *c)
 {
     const struct sbh_isolate_conf *k = &c->ig->conf;
-    uint64_t ms = k->restart_min_ms;
-    for (unsigned i = 1; i < c->failures && ms < k->restart_max_ms; i++)
-        ms *= 2;
-    return (unsigned)(ms > k->restart_max_ms ? k->restart_max_ms : ms);
+    return (unsigned)sbh_backoff_ceiling_ms(k->restart_min_ms, k->restart_max_ms, c->failures);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -682,7 +672,7 @@ static void child_failed(struct child *c, const char *why)
     svc()->set_state(inst, SB_STATE_DISCONNECTED, detail);
     svc()->emit_event(inst, "instance.status", ev);
     c->phase = PH_BACKOFF;
-    arm(c->retry, ms);
+    sbh_timer_arm_ms(c->retry, ms);
 }
 
 static void cap_memory(struct child *c)
@@ -733,7 +723,7 @@ static void child_spawn(struct child *c)
         child_failed(c, "cannot set up the IPC channel");
         return;
     }
-    arm(c->tick, ig->conf.heartbeat_ms);
+    sbh_timer_arm_ms(c->tick, ig->conf.heartbeat_ms);
 }
 
 /* ---- the proxy descriptor ---- */

@@ -380,11 +380,7 @@ static void finish(struct msg *m, const char *state)
 /* Full jitter: a random wait in [0, min(cap, base * 2^(attempt-1))]. */
 static uint64_t backoff_ms(const struct sbh_outbox_conf *c, unsigned attempt)
 {
-    uint64_t ceiling = c->backoff_base_ms;
-    for (unsigned i = 1; i < attempt && ceiling < c->backoff_max_ms; i++)
-        ceiling *= 2;
-    if (ceiling > c->backoff_max_ms)
-        ceiling = c->backoff_max_ms;
+    uint64_t ceiling = sbh_backoff_ceiling_ms(c->backoff_base_ms, c->backoff_max_ms, attempt);
     uint32_t r = 0;
     RAND_bytes((unsigned char *)&r, sizeof(r));
     return ceiling ? r % (ceiling + 1) : 0;

@@ -1,5 +1,6 @@
 #include "supervisor.h"
 
+#include "clock.h"
 #include "log.h"
 #include "proc.h"
 #include "runtime.h"
@@ -241,9 +242,10 @@ void sbh_supervisor_drain(struct sbh_supervisor *sv, pid_t pid, const char *key,
         return;
     }
     p->kill = evtimer_new(sv->base, grace_over, p);
-    struct timeval tv = {grace_ms / 1000, (grace_ms % 1000) * 1000};
-    if (!p->kill || evtimer_add(p->kill, &tv) < 0)
+    if (!p->kill)
         kill(-pid, SIGKILL);
+    else
+        sbh_timer_arm_ms(p->kill, grace_ms);
 }
 
 int sbh_supervisor_busy(const struct sbh_supervisor *sv, const char *key)
