@@ -84,11 +84,11 @@ def descendants(root):
         pp = ppid_of(p)
         if pp is not None:
             kids.setdefault(pp, []).append(p)
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
+    out, pending = [], [root]
+    while pending:
+        p = pending.pop()
         out.append(p)
-        todo.extend(kids.get(p, []))
+        pending.extend(kids.get(p, []))
     return out
 
 

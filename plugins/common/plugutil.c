@@ -401,6 +401,17 @@ json_t *pu_form_decode(const unsigned char *body, size_t len)
     return obj;
 }
 
+int pu_services_usable(const sb_host_services *s, sb_plugin *self, const char *plugin,
+                       size_t needed)
+{
+    if (s->abi_major == SB_ABI_MAJOR && s->struct_size >= needed)
+        return 1;
+    s->log(self, NULL, SB_LOG_ERROR, "%s: host services ABI %u.%u (size %u, need %zu) unusable",
+           plugin, (unsigned)s->abi_major, (unsigned)s->abi_minor, (unsigned)s->struct_size,
+           needed);
+    return 0;
+}
+
 uint32_t pu_backoff_ms(unsigned attempt, uint32_t base_ms, uint32_t cap_ms)
 {
     uint64_t top = (uint64_t)base_ms << (attempt > 16 ? 16 : attempt);

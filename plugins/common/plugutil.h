@@ -80,6 +80,15 @@ const char *pu_resp_header(const sb_http_response *resp, const char *name);
 const char *pu_jstr(const json_t *obj, const char *key);
 /* application/x-www-form-urlencoded -> {"name": "value"} (last one wins); NULL if not UTF-8. */
 json_t *pu_form_decode(const unsigned char *body, size_t len);
+/* Bytes of sb_host_services up to and including member (for pu_services_usable). */
+#define PU_SERVICES_THROUGH(member)                                                                \
+    (offsetof(sb_host_services, member) + sizeof(((sb_host_services *)0)->member))
+/*
+ * 1 when the host's services table speaks our ABI major and reaches needed
+ * bytes; otherwise logs why, naming plugin, and returns 0 (init then fails).
+ */
+int pu_services_usable(const sb_host_services *s, sb_plugin *self, const char *plugin,
+                       size_t needed);
 /* Exponential backoff with full jitter: random in [base, min(cap, base << attempt)]. */
 uint32_t pu_backoff_ms(unsigned attempt, uint32_t base_ms, uint32_t cap_ms);
 /* Lower-case hex of len bytes into out (2*len+1). */

@@ -738,16 +738,10 @@ static json_t *wa_status(sb_instance *inst, void *state)
 
 static int wa_init(const sb_host_services *services, sb_plugin *self, const json_t *config)
 {
-    size_t needed = offsetof(sb_host_services, reply_header) + sizeof(services->reply_header);
-
     host = services;
     plugin_self = self;
-    if (services->abi_major != SB_ABI_MAJOR || services->struct_size < needed) {
-        services->log(self, NULL, SB_LOG_ERROR,
-                      "whatsapp-official: host services ABI %u (size %u) unusable",
-                      (unsigned)services->abi_major, (unsigned)services->struct_size);
+    if (!pu_services_usable(services, self, "whatsapp-official", PU_SERVICES_THROUGH(reply_header)))
         return -1;
-    }
     return 0;
 }
 

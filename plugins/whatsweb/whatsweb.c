@@ -932,14 +932,9 @@ static void on_restart(void *arg)
 /* The browser is gone or unusable: note why, end it, start another later. */
 static void browser_lost(struct ww_instance *wi, const char *why)
 {
-    uint32_t delay = wi->backoff_min_ms;
-
     if (wi->restart_timer)
         return; /* already handled */
-    for (unsigned i = 0; i < wi->attempt && delay < wi->backoff_max_ms; i++)
-        delay *= 2;
-    if (delay > wi->backoff_max_ms)
-        delay = wi->backoff_max_ms;
+    uint32_t delay = pu_backoff_ms(wi->attempt, wi->backoff_min_ms, wi->backoff_max_ms);
     wi->attempt++;
     replace_str(&wi->last_exit, why);
     host->log(plugin_self, wi->inst, SB_LOG_WARN, "%s; restarting chromium in %u ms", why, delay);
@@ -1167,18 +1162,10 @@ static json_t *ww_status(sb_instance *inst, void *state)
 
 static int ww_init(const sb_host_services *services, sb_plugin *self, const json_t *config)
 {
-    size_t needed = offsetof(sb_host_services, proc_release) + sizeof(services->proc_release);
-
     host = services;
     plugin_self = self;
-    if (services->abi_major != SB_ABI_MAJOR || services->abi_minor < 1 ||
-        services->struct_size < needed) {
-        services->log(self, NULL, SB_LOG_ERROR,
-                      "whatsweb: host services ABI %u.%u (size %u) lacks fd_watch/proc_spawn",
-                      (unsigned)services->abi_major, (unsigned)services->abi_minor,
-                      (unsigned)services->struct_size);
+    if (!pu_services_usable(services, self, "whatsweb", PU_SERVICES_THROUGH(proc_release)))
         return -1;
-    }
     return 0;
 }
 
