@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,7 @@ struct sbh_supervisor {
     char *state_dir;
     struct proc_list procs;
     size_t n_procs;
+    size_t n_removing; /* rm -rf children of logged-out profiles */
     struct event *drained_ev;
     void (*drained)(void *);
     void *drained_arg;
@@ -113,6 +115,43 @@ static void remove_tree(const char *dir)
         sbh_warn("supervisor", "cannot remove %s: %s", dir, strerror(errno));
 }
 
+static void rm_done(void *arg, pid_t pid, int status)
+{
+    struct sbh_supervisor *sv = arg;
+    (void)pid;
+    sv->n_removing--;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        sbh_warn("supervisor", "removing a logged-out state directory failed (status %d)", status);
+}
+
+/*
+ * A browser profile holds thousands of files: deleting it on the loop would
+ * stall every request. The directory is renamed away at once (the next start
+ * finds none) and an `rm -rf` child removes it; the walk on the loop is only
+ * the fallback.
+ */
+static void remove_tree_async(struct sbh_supervisor *sv, const char *dir)
+{
+    static unsigned seq;
+    char tomb[PATH_MAX], why[256];
+    snprintf(tomb, sizeof(tomb), "%s.deleted.%d.%u", dir, (int)getpid(), ++seq);
+    if (rename(dir, tomb) < 0) {
+        if (errno != ENOENT)
+            remove_tree(dir);
+        return;
+    }
+    const char *const argv[] = {"rm", "-rf", "--", tomb, NULL};
+    pid_t pid = sbh_spawn(argv, NULL, NULL, 0, 0, why, sizeof(why));
+    if (pid > 0 && sbh_reaper_watch(sv->reaper, pid, rm_done, sv) == 0) {
+        sv->n_removing++;
+        return;
+    }
+    if (pid > 0)
+        sbh_reaper_forget(sv->reaper, pid);
+    else
+        remove_tree(tomb);
+}
+
 static void wipe_free(struct wipe *w)
 {
     LIST_REMOVE(w, link);
@@ -124,7 +163,7 @@ static void wipe_free(struct wipe *w)
 void sbh_supervisor_wipe(struct sbh_supervisor *sv, const char *key, const char *dir)
 {
     if (!sbh_supervisor_busy(sv, key)) {
-        remove_tree(dir);
+        remove_tree_async(sv, dir);
         return;
     }
     struct wipe *w = calloc(1, sizeof(*w));
@@ -146,7 +185,7 @@ static void fire_drained(evutil_socket_t fd, short what, void *arg)
     struct wipe *w, *tmp;
     for (w = LIST_FIRST(&sv->wipes); w && (tmp = LIST_NEXT(w, link), 1); w = tmp)
         if (!sbh_supervisor_busy(sv, w->key)) {
-            remove_tree(w->dir);
+            remove_tree_async(sv, w->dir);
             wipe_free(w);
         }
     if (sv->drained)
@@ -268,9 +307,9 @@ void sbh_supervisor_on_drained(struct sbh_supervisor *sv, void (*fn)(void *arg),
 /* Wait up to ms for every known process to end by itself. */
 static void wait_all(struct sbh_supervisor *sv, unsigned ms)
 {
-    for (unsigned waited = 0; sv->n_procs && waited <= ms; waited += 10) {
+    for (unsigned waited = 0; (sv->n_procs || sv->n_removing) && waited <= ms; waited += 10) {
         sbh_reaper_poll(sv->reaper);
-        if (!sv->n_procs)
+        if (!sv->n_procs && !sv->n_removing)
             break;
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);

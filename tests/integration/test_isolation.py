@@ -205,6 +205,10 @@ def test_logout_wipes_state_dir_and_restarts(make_daemon):
     new = child_pid(d)
     assert new != pid
     assert not os.path.exists(os.path.join(sdir, "session"))
+    # The old profile is renamed away at once and removed off the loop.
+    parent = os.path.dirname(sdir)
+    wait_until(lambda: not [n for n in os.listdir(parent) if ".deleted." in n], 10,
+               what="the logged-out state directory removed")
     # An instance that runs in the daemon has no session to log out of.
     r = d.api("GET", "/v1/instances/echo-demo/qr")
     assert r.status == 409 and r.json()["error"]["code"] == "no_qr", r
