@@ -41,8 +41,8 @@ static const char *const g_installers[] = {"/usr/bin/mariadb-install-db",
                                            "/usr/bin/mysql_install_db", NULL};
 
 /* Small enough for a 2-core box with little memory; starts in seconds. */
-static const char *const g_server_opts[] = {"--innodb-buffer-pool-size=64M",
-                                            "--innodb-log-file-size=32M",
+static const char *const g_server_opts[] = {"--innodb-buffer-pool-size=128M",
+                                            "--innodb-log-file-size=256M",
                                             "--innodb-log-buffer-size=8M",
                                             "--key-buffer-size=8M",
                                             "--max-connections=64",
@@ -209,7 +209,7 @@ static int init_datadir(const char *base, const char *datadir, const char *log_p
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                     "--skip-name-resolve",
-                    "--innodb-log-file-size=32M",
+                    "--innodb-log-file-size=256M",
                     NULL};
     sbh_info("mariadb", "initialising %s (first start)", datadir);
     /* The installer reports its errors on stdout. */
