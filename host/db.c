@@ -652,22 +652,186 @@ int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
     return SBH_DB_OK;
 }
 
+char *sbh_db_rows_sql(const char *prefix, const char *row, size_t n, const char *suffix)
+{
+    size_t len = strlen(prefix) + n * (strlen(row) + 2) + strlen(suffix) + 1;
+    char *sql = malloc(len);
+    if (!sql)
+        return NULL;
+    size_t off = (size_t)snprintf(sql, len, "%s", prefix);
+    for (size_t i = 0; i < n; i++)
+        off += (size_t)snprintf(sql + off, len - off, "%s%s", i ? ", " : "", row);
+    snprintf(sql + off, len - off, "%s", suffix);
+    return sql;
+}
+
+/*
+ * Column-wise arrays for MariaDB's bulk execution: per placeholder one
+ * array of n values (string pointers or integers), lengths and indicators.
+ * A column is strings or integers throughout; nulls may appear in either.
+ */
+struct bulk {
+    size_t cols, n;
+    MYSQL_BIND *bind;
+    const char **strs; /* cols * n, column after column */
+    long long *ints;
+    unsigned long *lens;
+    char *ind;
+};
+
+static void bulk_free(struct bulk *b)
+{
+    free(b->bind);
+    free(b->strs);
+    free(b->ints);
+    free(b->lens);
+    free(b->ind);
+}
+
+static int bulk_column(struct bulk *b, size_t c, const json_t *values)
+{
+    MYSQL_BIND *bind = &b->bind[c];
+    int strings = -1; /* unknown until a value that is not null */
+    for (size_t r = 0; r < b->n; r++) {
+        const json_t *v = json_array_get(values, r * b->cols + c);
+        size_t at = c * b->n + r;
+        b->ind[at] = json_is_null(v) ? STMT_INDICATOR_NULL : STMT_INDICATOR_NONE;
+        if (json_is_null(v))
+            continue;
+        int is_string = json_is_string(v);
+        if (!is_string && !json_is_integer(v) && !json_is_boolean(v))
+            return -1;
+        if (strings >= 0 && strings != is_string)
+            return -1;
+        strings = is_string;
+        if (is_string) {
+            b->strs[at] = json_string_value(v);
+            b->lens[at] = json_string_length(v);
+        } else {
+            b->ints[at] = json_is_boolean(v) ? json_is_true(v) : json_integer_value(v);
+        }
+    }
+    bind->buffer_type = strings == 0 ? MYSQL_TYPE_LONGLONG : MYSQL_TYPE_STRING;
+    bind->buffer = strings == 0 ? (void *)&b->ints[c * b->n] : (void *)&b->strs[c * b->n];
+    bind->length = &b->lens[c * b->n];
+    bind->u.indicator = &b->ind[c * b->n];
+    return 0;
+}
+
+static int bulk_bind(struct bulk *b, size_t cols, size_t n, const json_t *values)
+{
+    b->cols = cols;
+    b->n = n;
+    b->bind = calloc(cols, sizeof(*b->bind));
+    b->strs = calloc(cols * n, sizeof(*b->strs));
+    b->ints = calloc(cols * n, sizeof(*b->ints));
+    b->lens = calloc(cols * n, sizeof(*b->lens));
+    b->ind = calloc(cols * n, sizeof(*b->ind));
+    if (!b->bind || !b->strs || !b->ints || !b->lens || !b->ind)
+        return -1;
+    for (size_t c = 0; c < cols; c++)
+        if (bulk_column(b, c, values) < 0) {
+            sbh_error("db", "bulk column %zu mixes value types or holds an object", c);
+            return -1;
+        }
+    return 0;
+}
+
+/* One round trip for n rows of stmt (prepared for one row). */
+static int stmt_run_bulk(MYSQL *conn, MYSQL_STMT *stmt, const char *sql, size_t n,
+                         const json_t *values, unsigned long long *affected)
+{
+    struct bulk b = {0};
+    unsigned int size = (unsigned int)n;
+    int rc = SBH_DB_ERROR;
+    if (bulk_bind(&b, mysql_stmt_param_count(stmt), n, values) < 0)
+        goto out;
+    if (mysql_stmt_attr_set(stmt, STMT_ATTR_ARRAY_SIZE, &size) != 0 ||
+        mysql_stmt_bind_param(stmt, b.bind) != 0 || mysql_stmt_execute(stmt) != 0) {
+        rc = stmt_fail(stmt, conn, sql);
+        goto out;
+    }
+    if (affected)
+        *affected = mysql_stmt_affected_rows(stmt);
+    rc = SBH_DB_OK;
+out:
+    /* The statement may be cached: the next user binds one row again. */
+    size = 0;
+    mysql_stmt_attr_set(stmt, STMT_ATTR_ARRAY_SIZE, &size);
+    bulk_free(&b);
+    return rc;
+}
+
+/* MariaDB 10.2 and later execute an array of parameter rows at once. */
+static int bulk_supported(MYSQL *conn)
+{
+    unsigned long caps = 0;
+    if (mariadb_get_infov(conn, MARIADB_CONNECTION_EXTENDED_SERVER_CAPABILITIES, &caps) != 0)
+        return 0;
+    return (caps & (MARIADB_CLIENT_STMT_BULK_OPERATIONS >> 32)) != 0;
+}
+
+/* Without bulk execution (MySQL, old MariaDB): the same statement row by row. */
+static int exec_rows_singly(MYSQL *conn, unsigned long long *affected, const char *sql, size_t n,
+                            size_t cols, const json_t *values)
+{
+    int rc = SBH_DB_OK;
+    for (size_t r = 0; r < n && rc == SBH_DB_OK; r++) {
+        json_t *row = json_array();
+        unsigned long long one = 0;
+        for (size_t c = 0; c < cols; c++)
+            json_array_append(row, json_array_get(values, r * cols + c));
+        rc = row ? sbh_db_exec_json(conn, &one, sql, row) : SBH_DB_ERROR;
+        if (affected)
+            *affected += one;
+        json_decref(row);
+    }
+    return rc;
+}
+
+int sbh_db_exec_rows(MYSQL *conn, unsigned long long *affected, const char *sql, size_t n,
+                     const json_t *values)
+{
+    if (affected)
+        *affected = 0;
+    if (n == 0)
+        return SBH_DB_OK;
+    int rc = SBH_DB_ERROR;
+    MYSQL_STMT *stmt = stmt_get(conn, sql, &rc);
+    if (!stmt)
+        return rc;
+    size_t cols = mysql_stmt_param_count(stmt);
+    if (json_array_size(values) != n * cols || n > UINT_MAX) {
+        sbh_error("db", "\"%s\": %zu values do not make %zu rows", sql, json_array_size(values), n);
+        stmt_put(conn, stmt, 0);
+        return SBH_DB_ERROR;
+    }
+    if (n > 1 && cols > 0 && bulk_supported(conn)) {
+        rc = stmt_run_bulk(conn, stmt, sql, n, values, affected);
+        stmt_put(conn, stmt, rc != SBH_DB_OK);
+        return rc;
+    }
+    stmt_put(conn, stmt, 0);
+    return exec_rows_singly(conn, affected, sql, n, cols, values);
+}
+
 /* A transaction around fn: committed when it returns SBH_DB_OK, else rolled back. */
 #define TRANSACTION_TRIES 5
 
 int sbh_db_transaction(MYSQL *conn, int (*fn)(MYSQL *conn, void *arg), void *arg)
 {
     int rc = SBH_DB_ERROR;
+    static const char begin[] = "START TRANSACTION";
     for (int attempt = 0; attempt < TRANSACTION_TRIES; attempt++) {
-        if (mysql_autocommit(conn, 0) != 0)
-            return stmt_fail(NULL, conn, "SET autocommit = 0");
+        /* Autocommit stays on: an explicit transaction costs no round trip to undo. */
+        if (mysql_real_query(conn, begin, sizeof(begin) - 1) != 0)
+            return stmt_fail(NULL, conn, begin);
         t_last_errno = 0;
         rc = fn(conn, arg);
         if (rc == SBH_DB_OK && mysql_commit(conn) != 0)
             rc = stmt_fail(NULL, conn, "COMMIT");
         if (rc != SBH_DB_OK)
             mysql_rollback(conn);
-        mysql_autocommit(conn, 1);
         /* InnoDB chose this transaction as a deadlock victim: it is safe to redo. */
         if (rc != SBH_DB_ERROR ||
             (t_last_errno != ER_LOCK_DEADLOCK && t_last_errno != ER_LOCK_WAIT_TIMEOUT))

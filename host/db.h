@@ -106,6 +106,22 @@ int sbh_db_query(MYSQL *conn, json_t **rows, const char *sql, const char *types,
 int sbh_db_exec_json(MYSQL *conn, unsigned long long *affected, const char *sql,
                      const json_t *values);
 
+/*
+ * Run sql, an INSERT, UPDATE or DELETE with the placeholders of one row, for
+ * n rows: values holds n * (placeholders) parameters, row after row (as
+ * sbh_db_exec_json; a column is strings or integers throughout, nulls
+ * anywhere). With MariaDB's bulk execution this is one round trip and one
+ * prepared statement whatever n; a server without it gets the rows one by
+ * one. *affected (may be NULL) gets the total. A duplicate key in any row
+ * gives SBH_DB_CONFLICT: run it in a transaction to undo the rows before.
+ */
+int sbh_db_exec_rows(MYSQL *conn, unsigned long long *affected, const char *sql, size_t n,
+                     const json_t *values);
+
+/* "prefix row, row, ... suffix" with n rows; malloc'd (caller frees), NULL
+ * when out of memory. */
+char *sbh_db_rows_sql(const char *prefix, const char *row, size_t n, const char *suffix);
+
 /* sbh_db_query with the parameters in a JSON array (as sbh_db_exec_json). */
 int sbh_db_query_json(MYSQL *conn, json_t **rows, const char *sql, const json_t *values);
 

@@ -1,6 +1,7 @@
 #include "inbound.h"
 
 #include "log.h"
+#include "map.h"
 #include "metrics.h"
 
 #include <stdio.h>
@@ -13,6 +14,8 @@
 
 #define RETRY_MS 1000
 #define MAX_CONSUMERS 4
+/* Transactions at once: while one commits (its fsync) the next is written. */
+#define FLUSHES_IN_FLIGHT 2
 
 struct item {
     struct item *next;
@@ -22,12 +25,16 @@ struct item {
     json_t *envelopes; /* filled by the worker: the new (not duplicate) ones */
     void (*done)(void *arg, int ok);
     void *arg;
+    int acked; /* done has run */
 };
 
 struct flush {
     struct sbh_inbound *ib;
     struct item *head;
-    json_t *early; /* statuses that found no message yet: [{instance, message_id, state}] */
+    json_t *early;      /* statuses that found no message yet: [{instance, message_id, state}] */
+    struct flush *next; /* in the order the flushes were taken */
+    int finished, rc;
+    int look; /* worker: look up stored event ids before inserting */
 };
 
 struct sbh_inbound {
@@ -36,6 +43,10 @@ struct sbh_inbound {
     struct item *pending, **tail;
     size_t n_pending;
     size_t in_flight;
+    /* Provider event ids in a flush not finished yet ("instance\nid" -> flush):
+     * an item carrying one waits, so concurrent flushes never share an id. */
+    struct sbh_map *busy;
+    struct flush *order, **order_tail; /* taken, not yet handed on */
     struct event *flush_ev;
     struct {
         sbh_event_fn fn;
@@ -109,23 +120,10 @@ static int record_status(MYSQL *conn, const char *instance, const json_t *payloa
                        "ssss", state, instance, pmid, state);
 }
 
-/* "prefix" then n copies of row joined by ", ", then suffix. */
-static char *rows_sql(const char *prefix, const char *row, size_t n, const char *suffix)
-{
-    size_t len = strlen(prefix) + n * (strlen(row) + 2) + strlen(suffix) + 1;
-    char *sql = malloc(len);
-    if (!sql)
-        return NULL;
-    size_t off = (size_t)snprintf(sql, len, "%s", prefix);
-    for (size_t i = 0; i < n; i++)
-        off += (size_t)snprintf(sql + off, len - off, "%s%s", i ? ", " : "", row);
-    snprintf(sql + off, len - off, "%s", suffix);
-    return sql;
-}
-
 /*
- * Provider event ids of this batch that are stored already. Flushes run one
- * at a time, so nothing can slip in between this look and the insert.
+ * Provider event ids of this batch that are stored already. No other flush
+ * in flight carries one of these ids (see busy), so nothing can slip in
+ * between this look and the insert.
  */
 static int known_events(MYSQL *conn, const struct flush *f, json_t **known)
 {
@@ -146,9 +144,10 @@ static int known_events(MYSQL *conn, const struct flush *f, json_t **known)
     }
     int rc = SBH_DB_OK;
     if (n) {
-        char *sql = rows_sql("SELECT instance_id, provider_event_id FROM webhook_events WHERE "
-                             "(instance_id, provider_event_id) IN (",
-                             "(?, ?)", n, ")");
+        char *sql =
+            sbh_db_rows_sql("SELECT instance_id, provider_event_id FROM webhook_events WHERE "
+                            "(instance_id, provider_event_id) IN (",
+                            "(?, ?)", n, ")");
         rc = sql ? sbh_db_query_json(conn, &rows, sql, values) : SBH_DB_ERROR;
         free(sql);
     }
@@ -228,30 +227,23 @@ static int write_flush(MYSQL *conn, void *arg)
     struct flush *f = arg;
     json_array_clear(f->early); /* a retried transaction starts over */
     json_t *known = NULL, *ev_values = json_array(), *msg_values = json_array(), *statuses = NULL;
-    int rc = known_events(conn, f, &known);
+    /* Optimistic first: no look for redeliveries; the unique key catches one. */
+    int rc = f->look ? known_events(conn, f, &known) : SBH_DB_OK;
+    if (!known)
+        known = json_object();
     if (rc != SBH_DB_OK)
         goto out;
     size_t n_msgs = collect(f, known, ev_values, msg_values, &statuses);
-    size_t n_events = json_array_size(ev_values) / 4;
-    /* Two statements for the whole batch, whatever its size. */
-    if (n_events) {
-        char *sql =
-            rows_sql("INSERT INTO webhook_events (instance_id, provider, provider_event_id, "
-                     "payload, received_at) VALUES ",
-                     "(?, ?, ?, ?, UTC_TIMESTAMP(6))", n_events, "");
-        rc = sql ? sbh_db_exec_json(conn, NULL, sql, ev_values) : SBH_DB_ERROR;
-        free(sql);
-    }
-    if (rc == SBH_DB_OK && n_msgs) {
-        char *sql =
-            rows_sql("INSERT INTO messages (id, instance_id, direction, state, sender, body, "
-                     "provider_message_id, created_at, updated_at) VALUES ",
-                     "(?, ?, 'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), "
-                     "UTC_TIMESTAMP(6))",
-                     n_msgs, "");
-        rc = sql ? sbh_db_exec_json(conn, NULL, sql, msg_values) : SBH_DB_ERROR;
-        free(sql);
-    }
+    rc = sbh_db_exec_rows(conn, NULL,
+                          "INSERT INTO webhook_events (instance_id, provider, provider_event_id, "
+                          "payload, received_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6))",
+                          json_array_size(ev_values) / 4, ev_values);
+    if (rc == SBH_DB_OK)
+        rc = sbh_db_exec_rows(conn, NULL,
+                              "INSERT INTO messages (id, instance_id, direction, state, sender, "
+                              "body, provider_message_id, created_at, updated_at) VALUES (?, ?, "
+                              "'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+                              n_msgs, msg_values);
     size_t i;
     json_t *st;
     json_array_foreach (statuses, i, st) {
@@ -278,7 +270,14 @@ out:
 
 static int work_flush(MYSQL *conn, void *arg)
 {
-    return sbh_db_transaction(conn, write_flush, arg);
+    struct flush *f = arg;
+    f->look = 0;
+    int rc = sbh_db_transaction(conn, write_flush, f);
+    if (rc != SBH_DB_CONFLICT)
+        return rc;
+    /* A redelivery (or a message id stored before): again, looking first. */
+    f->look = 1;
+    return sbh_db_transaction(conn, write_flush, f);
 }
 
 /* ---- the loop's side ---- */
@@ -294,6 +293,42 @@ static void queue(struct sbh_inbound *ib, struct item *it, unsigned delay_ms)
         evtimer_add(ib->flush_ev, &tv);
 }
 
+/* The dedup key of event i of it, or 0 when the provider gave no event id. */
+static int item_key(const struct item *it, size_t i, char *key, size_t len)
+{
+    const char *pid = str_of(json_object_get(json_array_get(it->events, i), "payload"), "event_id");
+    if (!pid)
+        return 0;
+    snprintf(key, len, "%s\n%s", it->instance, pid);
+    return 1;
+}
+
+/* 1 when an event id of it is in a flush other than f. */
+static int item_busy(const struct sbh_inbound *ib, const struct item *it, const struct flush *f)
+{
+    char key[400];
+    for (size_t i = 0; i < json_array_size(it->events); i++) {
+        void *owner = item_key(it, i, key, sizeof(key)) ? sbh_map_get(ib->busy, key) : NULL;
+        if (owner && owner != f)
+            return 1;
+    }
+    return 0;
+}
+
+/* Mark it's event ids as held by f (claim), or let go of those f holds. */
+static void item_claim(struct sbh_inbound *ib, const struct item *it, struct flush *f, int claim)
+{
+    char key[400];
+    for (size_t i = 0; i < json_array_size(it->events); i++) {
+        if (!item_key(it, i, key, sizeof(key)))
+            continue;
+        if (claim)
+            sbh_map_put(ib->busy, key, f);
+        else if (sbh_map_get(ib->busy, key) == f)
+            sbh_map_del(ib->busy, key);
+    }
+}
+
 static void deliver(struct sbh_inbound *ib, const struct item *it)
 {
     size_t i;
@@ -306,29 +341,23 @@ static void deliver(struct sbh_inbound *ib, const struct item *it)
     }
 }
 
-static void done_flush(void *arg, int rc)
+/* Hand on a finished flush: its events, its early statuses, its retries. */
+static void flush_settle(struct sbh_inbound *ib, struct flush *f)
 {
-    struct flush *f = arg;
-    struct sbh_inbound *ib = f->ib;
-    struct item *it = f->head;
-    ib->in_flight--;
     size_t e;
     json_t *early;
     json_array_foreach (f->early, e, early)
-        if (rc == SBH_DB_OK && ib->early_fn)
+        if (f->rc == SBH_DB_OK && ib->early_fn)
             ib->early_fn(ib->early_arg, str_of(early, "instance"), str_of(early, "message_id"),
                          str_of(early, "state"));
     json_decref(f->early);
-    if (rc != SBH_DB_OK)
-        sbh_log(SB_LOG_WARN, "inbound", NULL, NULL, "events not stored (database result %d)", rc);
+    struct item *it = f->head;
     while (it) {
         struct item *next = it->next;
-        if (it->done)
-            it->done(it->arg, rc == SBH_DB_OK);
-        if (rc == SBH_DB_OK) {
+        if (f->rc == SBH_DB_OK) {
             deliver(ib, it);
             item_free(it);
-        } else if (it->done) {
+        } else if (it->acked) {
             item_free(it); /* the provider got a 503 and sends it again */
         } else {
             queue(ib, it, RETRY_MS); /* nobody else holds it: keep trying */
@@ -336,6 +365,32 @@ static void done_flush(void *arg, int rc)
         it = next;
     }
     free(f);
+}
+
+static void done_flush(void *arg, int rc)
+{
+    struct flush *f = arg;
+    struct sbh_inbound *ib = f->ib;
+    ib->in_flight--;
+    for (const struct item *it = f->head; it; it = it->next)
+        item_claim(ib, it, f, 0);
+    f->finished = 1;
+    f->rc = rc;
+    if (rc != SBH_DB_OK)
+        sbh_log(SB_LOG_WARN, "inbound", NULL, NULL, "events not stored (database result %d)", rc);
+    /* Acknowledge at once; hand events on in the order they arrived. */
+    for (struct item *it = f->head; it; it = it->next)
+        if (it->done && !it->acked) {
+            it->acked = 1;
+            it->done(it->arg, rc == SBH_DB_OK);
+        }
+    while (ib->order && ib->order->finished) {
+        struct flush *first = ib->order;
+        ib->order = first->next;
+        if (!ib->order)
+            ib->order_tail = &ib->order;
+        flush_settle(ib, first);
+    }
     /* What arrived during this transaction goes now (a failure waits its retry). */
     if (rc == SBH_DB_OK && ib->pending && !evtimer_pending(ib->flush_ev, NULL)) {
         struct timeval now = {0, 0};
@@ -343,26 +398,50 @@ static void done_flush(void *arg, int rc)
     }
 }
 
+/* Move the pending items whose event ids are free into a new flush. */
+static struct flush *flush_take(struct sbh_inbound *ib)
+{
+    struct flush *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    struct item **from = &ib->pending, **to = &f->head;
+    while (*from) {
+        struct item *it = *from;
+        if (item_busy(ib, it, f)) {
+            from = &it->next; /* waits for the flush that holds its id */
+            continue;
+        }
+        *from = it->next;
+        it->next = NULL;
+        *to = it;
+        to = &it->next;
+        ib->n_pending--;
+        item_claim(ib, it, f, 1);
+    }
+    ib->tail = from;
+    if (!f->head) {
+        free(f);
+        return NULL;
+    }
+    f->ib = ib;
+    f->early = json_array();
+    *ib->order_tail = f;
+    ib->order_tail = &f->next;
+    return f;
+}
+
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct sbh_inbound *ib = arg;
-    /* One transaction at a time: what arrives meanwhile joins the next one. */
-    if (ib->in_flight)
-        return;
-    struct flush *f = calloc(1, sizeof(*f));
-    if (!f || !ib->pending) {
-        free(f);
-        return;
+    /* What arrives meanwhile joins the next flush. */
+    while (ib->in_flight < FLUSHES_IN_FLIGHT && ib->pending) {
+        struct flush *f = flush_take(ib);
+        if (!f)
+            return; /* all held back, or no memory: a finishing flush re-arms */
+        ib->in_flight++;
+        if (sbh_db_submit(ib->db, work_flush, done_flush, f) < 0)
+            done_flush(f, SBH_DB_UNAVAILABLE);
     }
-    f->ib = ib;
-    f->head = ib->pending;
-    f->early = json_array();
-    ib->pending = NULL;
-    ib->tail = &ib->pending;
-    ib->n_pending = 0;
-    ib->in_flight++;
-    if (sbh_db_submit(ib->db, work_flush, done_flush, f) < 0)
-        done_flush(f, SBH_DB_UNAVAILABLE);
 }
 
 void sbh_inbound_store(struct sbh_inbound *ib, const char *provider, const char *instance,
@@ -413,8 +492,13 @@ struct sbh_inbound *sbh_inbound_new(struct event_base *base, struct sbh_db *db)
     ib->base = base;
     ib->db = db;
     ib->tail = &ib->pending;
+    ib->order_tail = &ib->order;
+    ib->busy = sbh_map_new();
     ib->flush_ev = evtimer_new(base, on_flush, ib);
-    if (!ib->flush_ev) {
+    if (!ib->flush_ev || !ib->busy) {
+        if (ib->flush_ev)
+            event_free(ib->flush_ev);
+        sbh_map_free(ib->busy);
         free(ib);
         return NULL;
     }
@@ -434,5 +518,6 @@ void sbh_inbound_free(struct sbh_inbound *ib)
         it = next;
     }
     event_free(ib->flush_ev);
+    sbh_map_free(ib->busy);
     free(ib);
 }

@@ -1,7 +1,8 @@
 /*
  * Inbound events on their way in: written to webhook_events (a provider's
  * redelivery of an event id it sent before is recognised and dropped) and,
- * for messages, to messages, in one transaction per loop turn; only then is
+ * for messages, to messages, a batch per transaction with two transactions
+ * at most in flight (an event id is never in both); only then is
  * the provider's webhook acknowledged, and the events handed on to
  * subscribers (Server-Sent Events, customer webhooks).
  */

@@ -517,45 +517,25 @@ static int write_update(MYSQL *conn, const json_t *u)
                        json_integer_value(json_object_get(u, "retry_in_ms")) * 1000, id);
 }
 
-/*
- * Finished messages, many at once: one UPDATE with CASE per column and one
- * DELETE, so a batch costs two statements instead of two per message.
- */
+/* Finished messages, many at once: one bulk UPDATE and one bulk DELETE. */
 static int write_finished(MYSQL *conn, const json_t *list)
 {
-    static const char *const cols[] = {"state", "provider_message_id", "attempts", "last_error"};
-    static const char *const keys[] = {"state", "provider_message_id", "attempts", "error"};
-    size_t n = json_array_size(list), i, len = 256 + n * 120;
-    if (n == 0)
-        return SBH_DB_OK;
-    char *sql = malloc(len), *del = malloc(96 + n * 3);
+    static const char *const keys[] = {"state", "provider_message_id", "attempts", "error", "id"};
+    size_t n = json_array_size(list), i;
     json_t *values = json_array(), *ids = json_array(), *u;
-    size_t off = (size_t)snprintf(sql, len, "UPDATE messages SET ");
-    for (size_t c = 0; c < 4; c++) {
-        off += (size_t)snprintf(sql + off, len - off, "%s%s = CASE id", c ? ", " : "", cols[c]);
-        json_array_foreach (list, i, u) {
-            off += (size_t)snprintf(sql + off, len - off, " WHEN ? THEN ?");
-            json_array_append(values, json_object_get(u, "id"));
-            json_t *v = json_object_get(u, keys[c]);
+    json_array_foreach (list, i, u) {
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+            json_t *v = json_object_get(u, keys[k]);
             json_array_append(values, v ? v : json_null());
         }
-        off += (size_t)snprintf(sql + off, len - off, " ELSE %s END", cols[c]);
-    }
-    off += (size_t)snprintf(sql + off, len - off, ", updated_at = UTC_TIMESTAMP(6) WHERE id IN (");
-    size_t doff = (size_t)snprintf(del, 96 + n * 3, "DELETE FROM outbox WHERE message_id IN (");
-    json_array_foreach (list, i, u) {
-        off += (size_t)snprintf(sql + off, len - off, "%s?", i ? ", " : "");
-        doff += (size_t)snprintf(del + doff, 96 + n * 3 - doff, "%s?", i ? ", " : "");
-        json_array_append(values, json_object_get(u, "id"));
         json_array_append(ids, json_object_get(u, "id"));
     }
-    snprintf(sql + off, len - off, ")");
-    snprintf(del + doff, 96 + n * 3 - doff, ")");
-    int rc = sbh_db_exec_json(conn, NULL, sql, values);
+    int rc = sbh_db_exec_rows(conn, NULL,
+                              "UPDATE messages SET state = ?, provider_message_id = ?, attempts = "
+                              "?, last_error = ?, updated_at = UTC_TIMESTAMP(6) WHERE id = ?",
+                              n, values);
     if (rc == SBH_DB_OK)
-        rc = sbh_db_exec_json(conn, NULL, del, ids);
-    free(sql);
-    free(del);
+        rc = sbh_db_exec_rows(conn, NULL, "DELETE FROM outbox WHERE message_id = ?", n, ids);
     json_decref(values);
     json_decref(ids);
     return rc;
@@ -678,25 +658,12 @@ static json_t *row_values(const json_t *row)
 #define OUTBOX_INSERT "INSERT INTO outbox (message_id, instance_id, due_at) VALUES "
 #define OUTBOX_ROW "(?, ?, UTC_TIMESTAMP(6))"
 
-/* "prefix row, row, row" for n rows. */
-static char *repeat_rows(const char *prefix, const char *row, size_t n)
-{
-    size_t len = strlen(prefix) + n * (strlen(row) + 2) + 1;
-    char *sql = malloc(len);
-    if (!sql)
-        return NULL;
-    size_t off = (size_t)snprintf(sql, len, "%s", prefix);
-    for (size_t i = 0; i < n; i++)
-        off += (size_t)snprintf(sql + off, len - off, "%s%s", i ? ", " : "", row);
-    return sql;
-}
-
 static int keyed(const struct accept *a)
 {
     return json_is_string(json_object_get(a->row, "idempotency_key"));
 }
 
-/* The rows without idempotency keys: one multi-row INSERT into each table. */
+/* The rows without idempotency keys: one bulk INSERT into each table. */
 static int insert_plain(MYSQL *conn, const struct accept *head)
 {
     size_t n = 0;
@@ -711,15 +678,9 @@ static int insert_plain(MYSQL *conn, const struct accept *head)
         json_array_append(ov, json_object_get(a->row, "instance_id"));
         n++;
     }
-    char *msql = n ? repeat_rows(MSG_INSERT, MSG_ROW, n) : NULL;
-    char *osql = n ? repeat_rows(OUTBOX_INSERT, OUTBOX_ROW, n) : NULL;
-    int rc = SBH_DB_OK;
-    if (n)
-        rc = msql && osql ? sbh_db_exec_json(conn, NULL, msql, mv) : SBH_DB_ERROR;
-    if (n && rc == SBH_DB_OK)
-        rc = sbh_db_exec_json(conn, NULL, osql, ov);
-    free(msql);
-    free(osql);
+    int rc = sbh_db_exec_rows(conn, NULL, MSG_INSERT MSG_ROW, n, mv);
+    if (rc == SBH_DB_OK)
+        rc = sbh_db_exec_rows(conn, NULL, OUTBOX_INSERT OUTBOX_ROW, n, ov);
     json_decref(mv);
     json_decref(ov);
     return rc;

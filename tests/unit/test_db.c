@@ -330,6 +330,104 @@ static void test_exec_query_roundtrip(void)
     mysql_close(c);
 }
 
+/* Rows for bulk: [k, s, n, b] x n, with nulls, binary and multibyte text. */
+static json_t *bulk_values(const char *prefix, size_t n)
+{
+    json_t *v = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "%s%zu", prefix, i);
+        json_array_append_new(v, json_string(k));
+        json_array_append_new(v, i % 3 ? json_string("h\xC3\xA9 \xF0\x9F\x98\x80") : json_null());
+        json_array_append_new(v, i % 4 ? json_integer((json_int_t)i * 1000000007LL) : json_null());
+        json_array_append_new(v, json_stringn("a\0b", 3));
+    }
+    return v;
+}
+
+/* Count of rows whose values are what bulk_values(prefix, n) put there. */
+static long long bulk_matches(MYSQL *c, const char *prefix, size_t n)
+{
+    json_t *rows = NULL;
+    long long good = 0;
+    char like[40];
+    snprintf(like, sizeof(like), "%s%%", prefix);
+    if (sbh_db_query(c, &rows, "SELECT k, s, n, b FROM bk WHERE k LIKE ? ORDER BY id", "s", like) !=
+        SBH_DB_OK)
+        return -1;
+    for (size_t i = 0; i < json_array_size(rows) && i < n; i++) {
+        json_t *r = json_array_get(rows, i), *s = json_object_get(r, "s"),
+               *num = json_object_get(r, "n"), *b = json_object_get(r, "b");
+        char k[32];
+        snprintf(k, sizeof(k), "%s%zu", prefix, i);
+        int ok = !strcmp(json_string_value(json_object_get(r, "k")), k);
+        ok &= i % 3
+                  ? json_is_string(s) && !strcmp(json_string_value(s), "h\xC3\xA9 \xF0\x9F\x98\x80")
+                  : json_is_null(s);
+        ok &= i % 4 ? json_integer_value(num) == (json_int_t)i * 1000000007LL : json_is_null(num);
+        ok &= json_string_length(b) == 3 && !memcmp(json_string_value(b), "a\0b", 3);
+        good += ok;
+    }
+    json_decref(rows);
+    return good;
+}
+
+#define BK_INSERT "INSERT INTO bk (k, s, n, b) VALUES (?, ?, ?, ?)"
+
+static void test_exec_rows(void)
+{
+    MYSQL *c = connect_db("");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_EQUAL_FATAL(sql(c, "CREATE TABLE bk (id INT AUTO_INCREMENT PRIMARY KEY, "
+                                 "k VARCHAR(40) NOT NULL UNIQUE, s VARCHAR(40) NULL, "
+                                 "n BIGINT NULL, b BLOB NULL)"),
+                          0);
+    unsigned long long affected = 0;
+    json_t *v = bulk_values("a", 300);
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, &affected, BK_INSERT, 300, v), SBH_DB_OK);
+    CU_ASSERT_EQUAL(affected, 300);
+    CU_ASSERT_EQUAL(bulk_matches(c, "a", 300), 300);
+    json_decref(v);
+
+    /* One row, and none. */
+    v = bulk_values("one", 1);
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, &affected, BK_INSERT, 1, v), SBH_DB_OK);
+    CU_ASSERT_EQUAL(affected, 1);
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, &affected, BK_INSERT, 0, v), SBH_DB_OK);
+    CU_ASSERT_EQUAL(affected, 0);
+    json_decref(v);
+
+    /* UPDATE and DELETE per row; affected is the sum. */
+    json_t *u = json_pack("[i, s, i, s, i, s]", 1, "a1", 2, "a2", 3, "nobody");
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, &affected, "UPDATE bk SET n = ? WHERE k = ?", 3, u),
+                    SBH_DB_OK);
+    CU_ASSERT_EQUAL(affected, 2);
+    json_decref(u);
+    u = json_pack("[s, s]", "a5", "a6");
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, &affected, "DELETE FROM bk WHERE k = ?", 2, u), SBH_DB_OK);
+    CU_ASSERT_EQUAL(affected, 2);
+    json_decref(u);
+
+    /* A duplicate in the middle: a conflict, and in a transaction nothing stays. */
+    json_t *dup = json_pack("[s, n, n, n, s, n, n, n, s, n, n, n]", "dup0", "a7", "dup2");
+    CU_ASSERT_EQUAL(sql(c, "START TRANSACTION"), 0);
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, NULL, BK_INSERT, 3, dup), SBH_DB_CONFLICT);
+    CU_ASSERT_EQUAL(sql(c, "ROLLBACK"), 0);
+    json_t *rows = NULL;
+    CU_ASSERT_EQUAL(sbh_db_query(c, &rows, "SELECT COUNT(*) AS n FROM bk WHERE k LIKE 'dup%'", ""),
+                    SBH_DB_OK);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(rows, 0), "n")), 0);
+    json_decref(rows);
+
+    /* Wrong shapes are refused before the server sees them. */
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, NULL, BK_INSERT, 4, dup), SBH_DB_ERROR);
+    json_t *mixed = json_pack("[s, n, i, n, s, n, s, n]", "m0", 5, "m1", "five");
+    CU_ASSERT_EQUAL(sbh_db_exec_rows(c, NULL, BK_INSERT, 2, mixed), SBH_DB_ERROR);
+    json_decref(mixed);
+    json_decref(dup);
+    mysql_close(c);
+}
+
 static void test_exec_errors(void)
 {
     MYSQL *c = connect_db("");
@@ -439,6 +537,51 @@ static void test_pool_jobs(void)
                     SBH_DB_OK);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(rows, 0), "n")), 501);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(rows, 0), "d")), 501);
+    json_decref(rows);
+    mysql_close(c);
+}
+
+/* Through a pool worker, whose cache keeps the statement: bulk, then one row. */
+static int bulk_then_single_work(MYSQL *conn, void *arg)
+{
+    (void)arg;
+    json_t *v = bulk_values("p", 50), *w = bulk_values("q", 50);
+    int rc = sbh_db_exec_rows(conn, NULL, BK_INSERT, 50, v);
+    if (rc == SBH_DB_OK)
+        rc = sbh_db_exec_rows(conn, NULL, BK_INSERT, 50, w);
+    json_t *one = json_pack("[s, s, i, s]", "single", "x", 7, "y");
+    unsigned long long affected = 0;
+    if (rc == SBH_DB_OK)
+        rc = sbh_db_exec_json(conn, &affected, BK_INSERT, one);
+    if (rc == SBH_DB_OK && affected != 1)
+        rc = SBH_DB_ERROR;
+    json_decref(one);
+    json_decref(v);
+    json_decref(w);
+    return rc;
+}
+
+static void test_exec_rows_cached(void)
+{
+    MYSQL *c = connect_db("");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    g_run = (struct pool_run){.base = event_base_new()};
+    CU_ASSERT_PTR_NOT_NULL_FATAL(g_run.base);
+    struct sbh_db *db = sbh_db_new(g_run.base, &g_params, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    g_run.want = 1;
+    CU_ASSERT_EQUAL(sbh_db_submit(db, bulk_then_single_work, count_done, NULL), 0);
+    run_loop(10);
+    CU_ASSERT_EQUAL(g_run.ok, 1);
+    sbh_db_free(db);
+    event_base_free(g_run.base);
+    CU_ASSERT_EQUAL(bulk_matches(c, "p", 50), 50);
+    CU_ASSERT_EQUAL(bulk_matches(c, "q", 50), 50);
+    json_t *rows = NULL;
+    CU_ASSERT_EQUAL(sbh_db_query(c, &rows, "SELECT s, n FROM bk WHERE k = 'single'", ""),
+                    SBH_DB_OK);
+    CU_ASSERT_EQUAL_FATAL(json_array_size(rows), 1);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_array_get(rows, 0), "n")), 7);
     json_decref(rows);
     mysql_close(c);
 }
@@ -893,6 +1036,8 @@ int main(void)
     static const struct test server[] = {
         {"exec/query round trip", test_exec_query_roundtrip},
         {"exec errors and conflict", test_exec_errors},
+        {"exec rows (bulk)", test_exec_rows},
+        {"exec rows through a worker's cached statement", test_exec_rows_cached},
         {"pool jobs", test_pool_jobs},
         {"pool reconnects", test_pool_reconnect},
         {"pool unavailable and back", test_pool_unavailable},
