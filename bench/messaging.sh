@@ -208,6 +208,9 @@ cp "$PLUGINS/echo.so" "$tmp/plugins/"
 cc -O2 -shared -fPIC -I"$top/sdk/include" -o "$tmp/plugins/slackish.so" \
     "$here/plugins/slackish.c" $(pkg-config --cflags --libs jansson) ||
     die "could not build bench/plugins/slackish.c"
+# shellcheck disable=SC2046
+cc -O2 -o "$tmp/dbceiling" "$here/dbceiling.c" $(pkg-config --cflags --libs libmariadb) -lpthread ||
+    die "could not build bench/dbceiling.c"
 
 # ---------------------------------------------------------------- fake Slack API
 fport=$(free_port)
@@ -346,6 +349,26 @@ stored1=$(metric switchboard_events_stored_total)
 sb_in=$(wrk_ok_rps "$tmp/sb-hook.wrk")
 sb_in_n=$(($(wrk_total "$tmp/sb-hook.wrk") - $(wrk_non2xx "$tmp/sb-hook.wrk")))
 
+# ---------------------------------------------------------------- (c) the storage ceiling
+# The same rows written by a bare C client (bench/dbceiling.c) on the
+# daemon's idle database: what MariaDB alone takes here, durably, with no
+# HTTP and no daemon; the daemon cannot store faster than this.
+ceiling() { # MODE CONNECTIONS BATCH -> "items/s txn_ms items_per_txn", CPU of its mariadbd
+    local c0 c1
+    c0=$(proc_ticks "$cpu_db")
+    "$tmp/dbceiling" "$tmp/state/mariadb/mysqld.sock" switchboard "$1" "$CEIL_S" "$2" "$3" \
+        2>>"$tmp/dbceiling.log" || echo "n/a"
+    c1=$(proc_ticks "$cpu_db")
+    awk -v t="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" -v s="$CEIL_S" 'BEGIN {printf "%.2f\n", t / hz / s}'
+}
+CEIL_S=$(awk -v d="$DURATION" 'BEGIN {print (d < 5 ? d : 5)}')
+note "(c) storage ceiling: bench/dbceiling.c, ${CEIL_S}s per row"
+ceil_rows=()
+for spec in "inbound 2 32" "inbound 2 256" "inbound 4 256" "sends 2 32" "sends 2 256" "sends 4 256"; do
+    # shellcheck disable=SC2086
+    ceil_rows+=("$spec|$(ceiling $spec | tr '\n' ' ')")
+done
+
 rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$daemon_pid/status")
 kill -TERM "$daemon_pid"
 wait "$daemon_pid" || true
@@ -448,6 +471,13 @@ row "    verified, stored, acked" "yes: $(num "$sb_in_n") acked, $(num "$((store
     "verified, acked, not stored" ""
 row "    errors (non-2xx + socket)" "$(errs "$tmp/sb-hook.wrk")" \
     "$([ "$peer_ok" = 1 ] && errs "$tmp/peer-hook.wrk" || echo -)" ""
+for r in "${ceil_rows[@]}"; do
+    read -r mode conns batch per_s txn_ms per_txn db_cores <<<"${r//|/ }"
+    what=$([ "$mode" = inbound ] && echo "webhooks stored/s" || echo "messages accepted+finished/s")
+    row "(c) DB alone, $mode: $conns conn x $batch" "$(num "$per_s") $what" \
+        "txn ${txn_ms} ms, mariadbd ${db_cores} cores" \
+        "$([ "$mode" = inbound ] && echo "vs target $(num $TARGET_INBOUND)" || echo "vs target $(num $TARGET_SENDS)")"
+done
 echo
 printf '%-34s %s\n' "CPU s, (a) run + drain" "$(cpu_line s0 s2 "$(awk -v a="$run_s" -v b="$drain_s" 'BEGIN {print a + b}')" "$sb_send_wrk_ticks")"
 printf '%-34s %s\n' "CPU s, (b) run" "$(cpu_line h0 h1 "$DURATION" "$sb_hook_wrk_ticks")"
