@@ -36,7 +36,8 @@
 #                       [${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-bench/node]
 #   BENCH_SKIP_PEER=1   switchboard only; BENCH_KEEP=1 keeps the temp dir;
 #   BENCH_PERF=SECONDS  also record `perf record -g` of the daemon and its MariaDB for that long
-#                       during each of its two runs (kept in the temp dir).
+#                       during each of its two runs (kept in the temp dir);
+#   BENCH_PERF_OPTS     perf record's options [-g] (e.g. "--call-graph dwarf -F 499").
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -182,7 +183,8 @@ db_line() {
 
 perf_start() {
     [ "$PERF" != 0 ] && command -v perf >/dev/null || return 0
-    perf record -g -o "$tmp/$1.perf.data" -p "$daemon_pid${cpu_db:+,$cpu_db}" -- sleep "$PERF" \
+    # shellcheck disable=SC2086
+    perf record ${BENCH_PERF_OPTS:--g} -o "$tmp/$1.perf.data" -p "$daemon_pid${cpu_db:+,$cpu_db}" -- sleep "$PERF" \
         >"$tmp/$1.perf.log" 2>&1 &
     perf_pid=$!
 }
