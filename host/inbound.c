@@ -34,7 +34,8 @@ struct flush {
     json_t *early;      /* statuses that found no message yet: [{instance, message_id, state}] */
     struct flush *next; /* in the order the flushes were taken */
     int finished, rc;
-    int look; /* worker: look up stored event ids before inserting */
+    int look;        /* look up stored event ids before inserting */
+    int redelivered; /* the look found some */
 };
 
 struct sbh_inbound {
@@ -47,6 +48,9 @@ struct sbh_inbound {
      * an item carrying one waits, so concurrent flushes never share an id. */
     struct sbh_map *busy;
     struct flush *order, **order_tail; /* taken, not yet handed on */
+    /* The last flush met redeliveries: the next looks first rather than
+     * fail once on the unique key (a provider's retry storm after an outage). */
+    int look;
     struct event *flush_ev;
     struct {
         sbh_event_fn fn;
@@ -233,6 +237,7 @@ static int write_flush(MYSQL *conn, void *arg)
         known = json_object();
     if (rc != SBH_DB_OK)
         goto out;
+    f->redelivered = json_object_size(known) > 0;
     size_t n_msgs = collect(f, known, ev_values, msg_values, &statuses);
     rc = sbh_db_exec_rows(conn, NULL,
                           "INSERT INTO webhook_events (instance_id, provider, provider_event_id, "
@@ -271,12 +276,12 @@ out:
 static int work_flush(MYSQL *conn, void *arg)
 {
     struct flush *f = arg;
-    f->look = 0;
-    int rc = sbh_db_transaction(conn, write_flush, f);
-    if (rc != SBH_DB_CONFLICT)
-        return rc;
-    /* A redelivery (or a message id stored before): again, looking first. */
-    f->look = 1;
+    if (!f->look) {
+        int rc = sbh_db_transaction(conn, write_flush, f);
+        if (rc != SBH_DB_CONFLICT)
+            return rc;
+        f->look = 1; /* a redelivery: again, looking first */
+    }
     return sbh_db_transaction(conn, write_flush, f);
 }
 
@@ -372,6 +377,8 @@ static void done_flush(void *arg, int rc)
     struct flush *f = arg;
     struct sbh_inbound *ib = f->ib;
     ib->in_flight--;
+    if (rc == SBH_DB_OK)
+        ib->look = f->look && f->redelivered;
     for (const struct item *it = f->head; it; it = it->next)
         item_claim(ib, it, f, 0);
     f->finished = 1;
@@ -425,6 +432,7 @@ static struct flush *flush_take(struct sbh_inbound *ib)
     }
     f->ib = ib;
     f->early = json_array();
+    f->look = ib->look;
     *ib->order_tail = f;
     ib->order_tail = &f->next;
     return f;
