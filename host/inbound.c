@@ -34,8 +34,10 @@ struct flush {
     json_t *early;      /* statuses that found no message yet: [{instance, message_id, state}] */
     struct flush *next; /* in the order the flushes were taken */
     int finished, rc;
-    int look;        /* look up stored event ids before inserting */
-    int redelivered; /* the look found some */
+    int look;             /* look up stored event ids before inserting */
+    int redelivered;      /* the look found some */
+    json_t *fan_snapshot; /* the fan-out's view at the start (NULL: none) */
+    json_t *fan_rows;     /* its rows, filled by the worker */
 };
 
 struct sbh_inbound {
@@ -59,6 +61,7 @@ struct sbh_inbound {
     int n_consumers;
     sbh_early_status_fn early_fn;
     void *early_arg;
+    struct sbh_inbound_fanout fanout;
 };
 
 static void item_free(struct item *it)
@@ -203,6 +206,8 @@ static size_t collect(struct flush *f, json_t *known, json_t *ev_values, json_t 
             json_array_append_new(ev_values, json_string(it->provider));
             json_array_append_new(ev_values, pid ? json_string(pid) : json_null());
             json_array_append_new(ev_values, json_string(text));
+            if (f->fan_snapshot)
+                f->ib->fanout.match(f->fan_snapshot, env, text, f->fan_rows);
             free(text);
             if (!strcmp(type, "message.received")) {
                 char *body = json_dumps(payload, JSON_COMPACT);
@@ -230,6 +235,7 @@ static int write_flush(MYSQL *conn, void *arg)
 {
     struct flush *f = arg;
     json_array_clear(f->early); /* a retried transaction starts over */
+    json_array_clear(f->fan_rows);
     json_t *known = NULL, *ev_values = json_array(), *msg_values = json_array(), *statuses = NULL;
     /* Optimistic first: no look for redeliveries; the unique key catches one. */
     int rc = f->look ? known_events(conn, f, &known) : SBH_DB_OK;
@@ -249,6 +255,8 @@ static int write_flush(MYSQL *conn, void *arg)
                               "body, provider_message_id, created_at, updated_at) VALUES (?, ?, "
                               "'in', 'received', ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
                               n_msgs, msg_values);
+    if (rc == SBH_DB_OK && json_array_size(f->fan_rows))
+        rc = f->ib->fanout.write(conn, f->fan_rows);
     size_t i;
     json_t *st;
     json_array_foreach (statuses, i, st) {
@@ -356,6 +364,10 @@ static void flush_settle(struct sbh_inbound *ib, struct flush *f)
             ib->early_fn(ib->early_arg, str_of(early, "instance"), str_of(early, "message_id"),
                          str_of(early, "state"));
     json_decref(f->early);
+    if (f->rc == SBH_DB_OK && json_array_size(f->fan_rows))
+        ib->fanout.stored(ib->fanout.arg, f->fan_rows);
+    json_decref(f->fan_snapshot);
+    json_decref(f->fan_rows);
     struct item *it = f->head;
     while (it) {
         struct item *next = it->next;
@@ -432,6 +444,8 @@ static struct flush *flush_take(struct sbh_inbound *ib)
     }
     f->ib = ib;
     f->early = json_array();
+    f->fan_rows = json_array();
+    f->fan_snapshot = ib->fanout.snapshot ? ib->fanout.snapshot(ib->fanout.arg) : NULL;
     f->look = ib->look;
     *ib->order_tail = f;
     ib->order_tail = &f->next;
@@ -470,6 +484,11 @@ void sbh_inbound_store(struct sbh_inbound *ib, const char *provider, const char 
     it->done = done;
     it->arg = arg;
     queue(ib, it, 0);
+}
+
+void sbh_inbound_set_fanout(struct sbh_inbound *ib, const struct sbh_inbound_fanout *fanout)
+{
+    ib->fanout = *fanout;
 }
 
 void sbh_inbound_on_early_status(struct sbh_inbound *ib, sbh_early_status_fn fn, void *arg)

@@ -25,6 +25,24 @@ void sbh_inbound_free(struct sbh_inbound *ib);
 void sbh_inbound_on_event(struct sbh_inbound *ib, sbh_event_fn fn, void *arg);
 
 /*
+ * Rows that belong with the events, written in the same transaction (the
+ * customer webhooks' deliveries). snapshot (loop thread, before a batch)
+ * returns what match needs, a new reference no one changes afterwards, or
+ * NULL for nothing to do; match (a database worker) appends rows for one
+ * stored envelope (text: the same as JSON); write (the worker, inside the
+ * transaction) stores them, and may take out rows that no longer apply; stored (loop thread, after
+ * the commit) gets them, borrowed.
+ */
+struct sbh_inbound_fanout {
+    json_t *(*snapshot)(void *arg);
+    void (*match)(const json_t *snapshot, const json_t *envelope, const char *text, json_t *rows);
+    int (*write)(MYSQL *conn, json_t *rows);
+    void (*stored)(void *arg, const json_t *rows);
+    void *arg;
+};
+void sbh_inbound_set_fanout(struct sbh_inbound *ib, const struct sbh_inbound_fanout *fanout);
+
+/*
  * Store events (stolen: an array of {"type", "payload"}) of one instance.
  * done (may be NULL) runs once on the loop: ok 1 when they are durable
  * (duplicates count as stored), 0 when the database refused. Events stored

@@ -237,7 +237,11 @@ int sbh_storage_open(struct sbh_daemon *d, char *why, size_t why_len)
     d->subs = sbh_subs_new(d->base, d->db, d->httpc, &sc);
     if (!d->subs || sbh_subs_load(d->subs, conn, d->ring, why, why_len) < 0)
         goto out;
-    sbh_inbound_on_event(d->inbound, sbh_subs_publish, d->subs);
+    sbh_inbound_set_fanout(d->inbound, &(struct sbh_inbound_fanout){.snapshot = sbh_subs_filters,
+                                                                    .match = sbh_subs_match,
+                                                                    .write = sbh_subs_write,
+                                                                    .stored = sbh_subs_stored,
+                                                                    .arg = d->subs});
     sbh_registry_set_inbound(d->reg, d->inbound);
     d->outbox = sbh_outbox_new(d->base, d->db, d->reg, &oc);
     if (d->outbox)

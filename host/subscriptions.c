@@ -43,7 +43,7 @@ TAILQ_HEAD(dlv_list, dlv);
 
 struct job {
     struct sbh_subs *subs;
-    json_t *rows; /* inserts: [[sub, event, payload]...]; updates: [{...}] */
+    json_t *rows; /* updates: [{sub, event, state, attempts, status, delay_ms}] */
 };
 
 struct sbh_subs {
@@ -55,7 +55,8 @@ struct sbh_subs {
     struct dlv_list due;     /* sorted by due_ms */
     struct dlv_list sending; /* in flight */
     size_t n_sending;
-    json_t *inserts, *updates;
+    json_t *updates;
+    json_t *filters; /* [{id, events, instances}] for the database workers; NULL: rebuild */
     int writing;
     struct event *wake, *write_ev;
 };
@@ -143,11 +144,34 @@ void sbh_subs_added(struct sbh_subs *subs, const json_t *row)
     sub_free(sbh_map_del(subs->subs, id));
     if (sbh_map_put(subs->subs, id, s) < 0)
         sub_free(s);
+    json_decref(subs->filters);
+    subs->filters = NULL;
 }
 
 void sbh_subs_removed(struct sbh_subs *subs, const char *id)
 {
     sub_free(sbh_map_del(subs->subs, id));
+    json_decref(subs->filters);
+    subs->filters = NULL;
+}
+
+static void add_filter(const char *id, void *value, void *arg)
+{
+    const struct sub *s = value;
+    json_array_append_new(arg, json_pack("{s:s, s:O, s:O?}", "id", id, "events", s->events,
+                                         "instances", s->instances));
+}
+
+json_t *sbh_subs_filters(void *arg)
+{
+    struct sbh_subs *subs = arg;
+    if (sbh_map_size(subs->subs) == 0)
+        return NULL;
+    if (!subs->filters) {
+        subs->filters = json_array();
+        sbh_map_each(subs->subs, add_filter, subs->filters);
+    }
+    return json_incref(subs->filters);
 }
 
 static int contains(const json_t *arr, const char *s)
@@ -175,25 +199,17 @@ static int write_rows(MYSQL *conn, void *arg)
     size_t i;
     json_t *r;
     json_array_foreach (j->rows, i, r) {
-        int rc;
-        if (json_is_array(r))
-            rc = sbh_db_exec_json(conn, NULL,
-                                  "INSERT IGNORE INTO subscription_deliveries (subscription_id, "
-                                  "event_id, payload, state, next_attempt_at) "
-                                  "VALUES (?, ?, ?, 'pending', UTC_TIMESTAMP(6))",
-                                  r);
-        else
-            rc = sbh_db_exec(
-                conn, NULL,
-                "UPDATE subscription_deliveries SET state = ?, attempts = ?, last_status = ?, "
-                "next_attempt_at = DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ? MICROSECOND) "
-                "WHERE subscription_id = ? AND event_id = ?",
-                "siiiss", json_string_value(json_object_get(r, "state")),
-                json_integer_value(json_object_get(r, "attempts")),
-                json_integer_value(json_object_get(r, "status")),
-                json_integer_value(json_object_get(r, "delay_ms")) * 1000,
-                json_string_value(json_object_get(r, "sub")),
-                json_string_value(json_object_get(r, "event")));
+        int rc = sbh_db_exec(
+            conn, NULL,
+            "UPDATE subscription_deliveries SET state = ?, attempts = ?, last_status = ?, "
+            "next_attempt_at = DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ? MICROSECOND) "
+            "WHERE subscription_id = ? AND event_id = ?",
+            "siiiss", json_string_value(json_object_get(r, "state")),
+            json_integer_value(json_object_get(r, "attempts")),
+            json_integer_value(json_object_get(r, "status")),
+            json_integer_value(json_object_get(r, "delay_ms")) * 1000,
+            json_string_value(json_object_get(r, "sub")),
+            json_string_value(json_object_get(r, "event")));
         if (rc != SBH_DB_OK)
             return rc;
     }
@@ -212,8 +228,6 @@ static void done_rows(void *arg, int rc)
 {
     struct job *j = arg;
     struct sbh_subs *subs = j->subs;
-    size_t i;
-    json_t *r;
     subs->writing = 0;
     if (rc != SBH_DB_OK) {
         /* Put them back in front and try again. */
@@ -225,38 +239,22 @@ static void done_rows(void *arg, int rc)
         sbh_timer_arm_ms(subs->write_ev, RETRY_WRITE_MS);
         return;
     }
-    /* Rows stored: the new deliveries may go now. */
-    json_array_foreach (j->rows, i, r) {
-        if (!json_is_array(r))
-            continue;
-        struct dlv *d = calloc(1, sizeof(*d));
-        if (!d)
-            continue;
-        d->subs = subs;
-        d->sub_id = strdup(json_string_value(json_array_get(r, 0)));
-        d->event_id = strdup(json_string_value(json_array_get(r, 1)));
-        d->payload = strdup(json_string_value(json_array_get(r, 2)));
-        queue_due(subs, d, 0);
-    }
     json_decref(j->rows);
     free(j);
-    if (json_array_size(subs->inserts) || json_array_size(subs->updates))
+    if (json_array_size(subs->updates))
         write_soon(subs);
-    pump(subs);
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct sbh_subs *subs = arg;
-    if (subs->writing || (!json_array_size(subs->updates) && !json_array_size(subs->inserts)))
+    if (subs->writing || !json_array_size(subs->updates))
         return;
     struct job *j = calloc(1, sizeof(*j));
     if (!j)
         return;
     j->subs = subs;
     j->rows = subs->updates;
-    json_array_extend(j->rows, subs->inserts);
-    json_array_clear(subs->inserts);
     subs->updates = json_array();
     subs->writing = 1;
     if (sbh_db_submit(subs->db, work_rows, done_rows, j) < 0)
@@ -368,35 +366,82 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     pump(arg);
 }
 
-struct match_ctx {
-    struct sbh_subs *subs;
-    const json_t *env;
-    char *payload;
-};
+/* ---- new deliveries, written with their events ---- */
 
-static void match_one(const char *id, void *value, void *arg)
+void sbh_subs_match(const json_t *filters, const json_t *envelope, const char *text, json_t *rows)
 {
-    const struct sub *s = value;
-    struct match_ctx *m = arg;
-    const char *type = json_string_value(json_object_get(m->env, "type"));
-    const char *inst = json_string_value(json_object_get(m->env, "instance"));
-    if (!type || !inst || !contains(s->events, type) ||
-        (s->instances && !contains(s->instances, inst)))
+    const char *type = json_string_value(json_object_get(envelope, "type"));
+    const char *inst = json_string_value(json_object_get(envelope, "instance"));
+    size_t i;
+    json_t *f;
+    if (!type || !inst)
         return;
-    if (!m->payload && !(m->payload = json_dumps(m->env, JSON_COMPACT)))
-        return;
-    json_array_append_new(m->subs->inserts,
-                          json_pack("[s, O, s]", id, json_object_get(m->env, "id"), m->payload));
+    json_array_foreach (filters, i, f) {
+        const json_t *instances = json_object_get(f, "instances");
+        if (!contains(json_object_get(f, "events"), type) ||
+            (json_is_array(instances) && !contains(instances, inst)))
+            continue;
+        /* Copies, not references: the filters are shared with other workers. */
+        json_array_append(rows, json_object_get(envelope, "id"));
+        json_array_append_new(rows, json_string(text));
+        json_array_append_new(rows, json_string(json_string_value(json_object_get(f, "id"))));
+    }
 }
 
-void sbh_subs_publish(void *arg, const json_t *envelope)
+/* Drop the rows of subscriptions deleted since the snapshot; the rest are
+ * locked against deletion until the commit (the foreign key would refuse them). */
+static int keep_live(MYSQL *conn, json_t *rows)
+{
+    json_t *ids = json_array(), *live_rows = NULL, *live = json_object();
+    for (size_t i = 2; i < json_array_size(rows); i += 3)
+        if (!json_object_get(live, json_string_value(json_array_get(rows, i)))) {
+            json_object_set_new(live, json_string_value(json_array_get(rows, i)), json_false());
+            json_array_append(ids, json_array_get(rows, i));
+        }
+    char *sql = sbh_db_rows_sql("SELECT id FROM subscriptions WHERE id IN (", "?",
+                                json_array_size(ids), ") LOCK IN SHARE MODE");
+    int rc = sql ? sbh_db_query_json(conn, &live_rows, sql, ids) : SBH_DB_ERROR;
+    size_t i;
+    json_t *row;
+    json_array_foreach (live_rows, i, row)
+        json_object_set_new(live, json_string_value(json_object_get(row, "id")), json_true());
+    for (i = json_array_size(rows); rc == SBH_DB_OK && i >= 3; i -= 3)
+        if (!json_is_true(json_object_get(live, json_string_value(json_array_get(rows, i - 1)))))
+            for (int k = 0; k < 3; k++)
+                json_array_remove(rows, i - 3);
+    free(sql);
+    json_decref(ids);
+    json_decref(live_rows);
+    json_decref(live);
+    return rc;
+}
+
+int sbh_subs_write(MYSQL *conn, json_t *rows)
+{
+    int rc = keep_live(conn, rows);
+    if (rc != SBH_DB_OK)
+        return rc;
+    return sbh_db_exec_rows(conn, NULL,
+                            "INSERT INTO subscription_deliveries (event_id, payload, "
+                            "subscription_id, state, next_attempt_at) VALUES (?, ?, ?, "
+                            "'pending', UTC_TIMESTAMP(6))",
+                            json_array_size(rows) / 3, rows);
+}
+
+void sbh_subs_stored(void *arg, const json_t *rows)
 {
     struct sbh_subs *subs = arg;
-    struct match_ctx m = {subs, envelope, NULL};
-    sbh_map_each(subs->subs, match_one, &m);
-    free(m.payload);
-    if (json_array_size(subs->inserts))
-        write_soon(subs);
+    for (size_t i = 0; i + 2 < json_array_size(rows); i += 3) {
+        struct dlv *d = calloc(1, sizeof(*d));
+        if (!d)
+            break;
+        d->subs = subs;
+        d->event_id = strdup(json_string_value(json_array_get(rows, i)));
+        d->payload = strdup(json_string_value(json_array_get(rows, i + 1)));
+        d->sub_id = strdup(json_string_value(json_array_get(rows, i + 2)));
+        queue_due(subs, d, 0);
+    }
+    pump(subs);
 }
 
 /* ---- life cycle ---- */
@@ -466,7 +511,7 @@ int sbh_subs_load(struct sbh_subs *subs, MYSQL *conn, const struct sbh_keyring *
 
 size_t sbh_subs_unsaved(const struct sbh_subs *subs)
 {
-    return json_array_size(subs->inserts) + json_array_size(subs->updates) + subs->writing;
+    return json_array_size(subs->updates) + subs->writing;
 }
 
 struct sbh_subs *sbh_subs_new(struct event_base *base, struct sbh_db *db, struct sbh_httpc *httpc,
@@ -482,11 +527,10 @@ struct sbh_subs *sbh_subs_new(struct event_base *base, struct sbh_db *db, struct
     subs->subs = sbh_map_new();
     TAILQ_INIT(&subs->due);
     TAILQ_INIT(&subs->sending);
-    subs->inserts = json_array();
     subs->updates = json_array();
     subs->wake = evtimer_new(base, on_wake, subs);
     subs->write_ev = evtimer_new(base, on_write, subs);
-    if (!subs->subs || !subs->inserts || !subs->updates || !subs->wake || !subs->write_ev) {
+    if (!subs->subs || !subs->updates || !subs->wake || !subs->write_ev) {
         sbh_subs_free(subs);
         return NULL;
     }
@@ -514,8 +558,8 @@ void sbh_subs_free(struct sbh_subs *subs)
     if (subs->subs)
         sbh_map_each(subs->subs, sub_free_cb, NULL);
     sbh_map_free(subs->subs);
-    json_decref(subs->inserts);
     json_decref(subs->updates);
+    json_decref(subs->filters);
     if (subs->wake)
         event_free(subs->wake);
     if (subs->write_ev)

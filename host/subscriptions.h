@@ -1,7 +1,7 @@
 /*
  * Customer webhooks. Every stored event is matched against the
  * subscriptions (event types, instances); a delivery row is written for each
- * match, then the event is POSTed signed as Standard Webhooks lays down:
+ * match with the event, then the event is POSTed signed as Standard Webhooks lays down:
  * webhook-id, webhook-timestamp and webhook-signature
  * "v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>", the secret in its
  * "whsec_<base64>" form. A delivery that gets no 2xx is retried after
@@ -35,8 +35,26 @@ void sbh_subs_free(struct sbh_subs *subs);
 int sbh_subs_load(struct sbh_subs *subs, MYSQL *conn, const struct sbh_keyring *ring, char *why,
                   size_t why_len);
 
-/* An sbh_event_fn: deliver a stored event (borrowed) to matching subscriptions. */
-void sbh_subs_publish(void *subs, const json_t *envelope);
+/*
+ * Delivery rows are written in the transaction that stores their events
+ * (see sbh_inbound_fanout), so an acknowledged event never loses its
+ * deliveries to a crash. The four steps, in order:
+ *
+ * sbh_subs_filters (loop thread): the subscriptions now, as an array
+ * [{id, events, instances}] that no one changes afterwards (a new
+ * reference), or NULL when there are none.
+ * sbh_subs_match (any thread, reads only): for each filter the envelope
+ * (text: the same, as JSON) matches, appends event id, text and
+ * subscription id to rows.
+ * sbh_subs_write (a database worker, inside the transaction): writes rows
+ * as pending deliveries; the rows of a subscription deleted meanwhile are
+ * taken out of rows, and the others' subscriptions locked until the commit.
+ * sbh_subs_stored (loop thread, after the commit): delivers them; rows borrowed.
+ */
+json_t *sbh_subs_filters(void *subs);
+void sbh_subs_match(const json_t *filters, const json_t *envelope, const char *text, json_t *rows);
+int sbh_subs_write(MYSQL *conn, json_t *rows);
+void sbh_subs_stored(void *subs, const json_t *rows);
 
 /* The API created one (row with the opened "secret"), or deleted one. */
 void sbh_subs_added(struct sbh_subs *subs, const json_t *row);
