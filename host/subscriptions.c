@@ -43,7 +43,7 @@ TAILQ_HEAD(dlv_list, dlv);
 
 struct job {
     struct sbh_subs *subs;
-    json_t *rows; /* updates: [{sub, event, state, attempts, status, delay_ms}] */
+    json_t *rows; /* updates: [{sub, event, state, attempts, status, delay_us}] */
 };
 
 struct sbh_subs {
@@ -193,27 +193,23 @@ static void write_soon(struct sbh_subs *subs)
         sbh_timer_arm_ms(subs->write_ev, 0);
 }
 
+/* The attempts' outcomes, one bulk UPDATE for the batch. */
 static int write_rows(MYSQL *conn, void *arg)
 {
+    static const char *const keys[] = {"state", "attempts", "status", "delay_us", "sub", "event"};
     struct job *j = arg;
+    json_t *values = json_array(), *r;
     size_t i;
-    json_t *r;
-    json_array_foreach (j->rows, i, r) {
-        int rc = sbh_db_exec(
-            conn, NULL,
-            "UPDATE subscription_deliveries SET state = ?, attempts = ?, last_status = ?, "
-            "next_attempt_at = DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ? MICROSECOND) "
-            "WHERE subscription_id = ? AND event_id = ?",
-            "siiiss", json_string_value(json_object_get(r, "state")),
-            json_integer_value(json_object_get(r, "attempts")),
-            json_integer_value(json_object_get(r, "status")),
-            json_integer_value(json_object_get(r, "delay_ms")) * 1000,
-            json_string_value(json_object_get(r, "sub")),
-            json_string_value(json_object_get(r, "event")));
-        if (rc != SBH_DB_OK)
-            return rc;
-    }
-    return SBH_DB_OK;
+    json_array_foreach (j->rows, i, r)
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+            json_array_append(values, json_object_get(r, keys[k]));
+    int rc = sbh_db_exec_rows(conn, NULL,
+                              "UPDATE subscription_deliveries SET state = ?, attempts = ?, "
+                              "last_status = ?, next_attempt_at = DATE_ADD(UTC_TIMESTAMP(6), "
+                              "INTERVAL ? MICROSECOND) WHERE subscription_id = ? AND event_id = ?",
+                              json_array_size(j->rows), values);
+    json_decref(values);
+    return rc;
 }
 
 static int work_rows(MYSQL *conn, void *arg)
@@ -289,7 +285,7 @@ static void record(struct sbh_subs *subs, const struct dlv *d, const char *state
     json_array_append_new(subs->updates,
                           json_pack("{s:s, s:s, s:s, s:i, s:i, s:I}", "sub", d->sub_id, "event",
                                     d->event_id, "state", state, "attempts", (int)d->attempts,
-                                    "status", status, "delay_ms", (json_int_t)delay_ms));
+                                    "status", status, "delay_us", (json_int_t)delay_ms * 1000));
     write_soon(subs);
 }
 
