@@ -366,7 +366,8 @@ ceiling() { # MODE CONNECTIONS BATCH -> "items/s txn_ms items_per_txn", CPU of i
 CEIL_S=$(awk -v d="$DURATION" 'BEGIN {print (d < 5 ? d : 5)}')
 note "(c) storage ceiling: bench/dbceiling.c, ${CEIL_S}s per row"
 ceil_rows=()
-for spec in "inbound 2 32" "inbound 2 256" "inbound 4 256" "sends 2 32" "sends 2 256" "sends 4 256"; do
+for spec in "inbound 2 32" "inbound 2 256" "inbound 4 256" "sends 2 32" "sends 2 256" "sends 4 256" \
+    "sends-joined 2 32" "sends-joined 2 256"; do
     # shellcheck disable=SC2086
     ceil_rows+=("$spec|$(ceiling $spec | tr '\n' ' ')")
 done
@@ -476,6 +477,7 @@ row "    errors (non-2xx + socket)" "$(errs "$tmp/sb-hook.wrk")" \
 for r in "${ceil_rows[@]}"; do
     read -r mode conns batch per_s txn_ms per_txn db_cores <<<"${r//|/ }"
     what=$([ "$mode" = inbound ] && echo "webhooks stored/s" || echo "messages accepted+finished/s")
+    [ "$mode" != sends-joined ] || what="$what, 1 txn"
     row "(c) DB alone, $mode: $conns conn x $batch" "$(num "$per_s") $what" \
         "txn ${txn_ms} ms, mariadbd ${db_cores} cores" \
         "$([ "$mode" = inbound ] && echo "vs target $(num $TARGET_INBOUND)" || echo "vs target $(num $TARGET_SENDS)")"
