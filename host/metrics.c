@@ -1,6 +1,9 @@
 #include "metrics.h"
 
+#include "map.h"
+
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,9 @@ struct family {
 
 static struct counter *counters;
 static size_t n_counters;
+/* "name\x1flabels" -> index + 1 into counters: every send and event bumps
+ * a few series, so finding one must not walk them all. */
+static struct sbh_map *index_by_key;
 static struct family *families;
 static size_t n_families;
 
@@ -56,12 +62,25 @@ static void render_labels(char *dst, size_t cap, va_list ap)
     }
 }
 
+/* The map key of name{labels}; 0, or -1 when it does not fit. */
+static int series_key(char *key, size_t cap, const char *name, const char *labels)
+{
+    size_t n = strlen(name), l = strlen(labels);
+    if (n + 1 + l + 1 > cap)
+        return -1;
+    memcpy(key, name, n);
+    key[n] = '\x1f';
+    memcpy(key + n + 1, labels, l + 1);
+    return 0;
+}
+
 static struct counter *find(const char *name, const char *labels)
 {
-    for (size_t i = 0; i < n_counters; i++)
-        if (!strcmp(counters[i].name, name) && !strcmp(counters[i].labels, labels))
-            return &counters[i];
-    return NULL;
+    char key[1024];
+    if (!index_by_key || series_key(key, sizeof(key), name, labels) < 0)
+        return NULL;
+    uintptr_t at = (uintptr_t)sbh_map_get(index_by_key, key);
+    return at ? &counters[at - 1] : NULL;
 }
 
 static void remember_family(const char *name, const char *help, int histogram)
@@ -94,10 +113,17 @@ static struct counter *series_get(const char *name, const char *labels, const ch
     struct counter *c = find(name, labels);
     if (c)
         return c;
+    char key[1024];
+    if (series_key(key, sizeof(key), name, labels) < 0)
+        return NULL;
+    if (!index_by_key && !(index_by_key = sbh_map_new()))
+        return NULL;
     struct counter *grown = realloc(counters, (n_counters + 1) * sizeof(*grown));
     if (!grown)
         return NULL;
     counters = grown;
+    if (sbh_map_put(index_by_key, key, (void *)(uintptr_t)(n_counters + 1)) < 0)
+        return NULL;
     c = &counters[n_counters++];
     c->name = strdup(name);
     c->labels = strdup(labels);
@@ -155,6 +181,8 @@ static int in_family(const struct counter *c, const struct family *f)
 }
 
 static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+static const char *const bucket_le[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+                                        "0.5",   "1",    "2.5",   "5",    "10",  "+Inf"};
 
 void sbh_metrics_observe(const char *name, const char *help, double value, ...)
 {
@@ -165,10 +193,8 @@ void sbh_metrics_observe(const char *name, const char *help, double value, ...)
     va_end(ap);
     for (size_t i = 0; i <= sizeof(buckets) / sizeof(buckets[0]); i++) {
         int inf = i == sizeof(buckets) / sizeof(buckets[0]);
-        char le[32];
-        snprintf(le, sizeof(le), inf ? "+Inf" : "%g", inf ? 0.0 : buckets[i]);
-        if (snprintf(with_le, sizeof(with_le), "%s%sle=\"%s\"", labels, labels[0] ? "," : "", le) >=
-            (int)sizeof(with_le))
+        if (snprintf(with_le, sizeof(with_le), "%s%sle=\"%s\"", labels, labels[0] ? "," : "",
+                     bucket_le[i]) >= (int)sizeof(with_le))
             return;
         snprintf(series, sizeof(series), "%s_bucket", name);
         struct counter *c = series_get(series, with_le, name, help, 1);
@@ -217,6 +243,8 @@ void sbh_metrics_reset(void)
     }
     free(counters);
     free(families);
+    sbh_map_free(index_by_key);
+    index_by_key = NULL;
     counters = NULL;
     families = NULL;
     n_counters = n_families = 0;
