@@ -532,17 +532,32 @@ struct sbh_inbound *sbh_inbound_new(struct event_base *base, struct sbh_db *db)
     return ib;
 }
 
+/* Answer (not stored) whoever still waits on the items of list, and free them. */
+static void items_abandon(struct item *it)
+{
+    while (it) {
+        struct item *next = it->next;
+        if (it->done && !it->acked)
+            it->done(it->arg, 0);
+        item_free(it);
+        it = next;
+    }
+}
+
 void sbh_inbound_free(struct sbh_inbound *ib)
 {
     if (!ib)
         return;
-    struct item *it = ib->pending;
-    while (it) {
-        struct item *next = it->next;
-        if (it->done)
-            it->done(it->arg, 0);
-        item_free(it);
-        it = next;
+    items_abandon(ib->pending);
+    /* Flushes the database pool dropped at its end (a shutdown that timed out). */
+    while (ib->order) {
+        struct flush *f = ib->order;
+        ib->order = f->next;
+        items_abandon(f->head);
+        json_decref(f->early);
+        json_decref(f->fan_snapshot);
+        json_decref(f->fan_rows);
+        free(f);
     }
     event_free(ib->flush_ev);
     sbh_map_free(ib->busy);
