@@ -162,7 +162,7 @@ def count():
             return n
 
 have = count()
-todo = list(range(have, target))
+to_create = list(range(have, target))
 lock = threading.Lock()
 fail = [0]
 
@@ -170,9 +170,9 @@ def worker():
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while True:
         with lock:
-            if not todo:
+            if not to_create:
                 return
-            i = todo.pop()
+            i = to_create.pop()
         body = json.dumps({"provider": "echo", "name": "bench-%06d" % i,
                            "settings": {"prefix": "b%d: " % i},
                            "secrets": {"token": "bench-token-%06d" % i}})
@@ -189,7 +189,7 @@ def worker():
             c.close()
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
-n = len(todo)
+n = len(to_create)
 t0 = time.monotonic()
 ts = [threading.Thread(target=worker) for _ in range(workers)]
 for t in ts:

@@ -1,5 +1,8 @@
 # Helpers shared by the bench scripts; source it: . "$here/lib.sh"
 
+die() { echo "bench: $*" >&2; exit 1; }
+note() { echo "bench: $*" >&2; }
+
 # A port that was free a moment ago.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -16,6 +19,11 @@ wait_http() {
 }
 
 now() { date +%s.%N; }
+# CPU ticks (user + system) of a process, 0 when gone.
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Busy ticks of the whole machine (all CPUs) and, apart, the interrupt share
+# (loopback networking is mostly softirq, charged to no process).
+sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $7 + $8}' /proc/stat; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 
 # ---- provider benches (providers-meta-telegram.sh, providers-messenger-instagram.sh) ----
@@ -159,13 +167,25 @@ post() { # post URL BODY [HEADER...] -> status
     curl -sS -o /dev/null -w '%{http_code}' -XPOST "$url" -H 'Content-Type: application/json' "${h[@]}" -d "$body"
 }
 
-# wrk_run NAME URL LUA: output in $tmp/NAME.wrk
+# wrk_run NAME URL LUA: wrk with --latency, output in $tmp/NAME.wrk; wrk's
+# own CPU ticks in $wrk_ticks (read just before it ends: it is gone after wait).
+# A script may define wrk_before NAME and wrk_after NAME around it.
 wrk_run() {
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$3" "$2" >"$tmp/$1.wrk" 2>&1 &
+    local name=$1 url=$2 lua=$3 st
+    ! declare -F wrk_before >/dev/null || wrk_before "$name"
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$lua" "$url" >"$tmp/$name.wrk" 2>&1 &
     wrk_pid=$!
-    wait "$wrk_pid" || note "wrk $1 exited $?"
+    wrk_ticks=0
+    while st=$(awk '{print $3, $14 + $15}' "/proc/$wrk_pid/stat" 2>/dev/null) && [ -n "$st" ]; do
+        [ "${st%% *}" != Z ] || break
+        wrk_ticks=${st#* }
+        sleep 0.2
+    done
+    wait "$wrk_pid" || note "wrk $name exited $?"
     wrk_pid=
+    ! declare -F wrk_after >/dev/null || wrk_after "$name"
 }
+wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
 wrk_pct() { awk -v p="$2" '/Latency Distribution/ {d=1} d && $1 == p {print $2; exit}' "$1"; }
 wrk_total() { awk '/requests in/ {print $1; exit}' "$1"; }
 wrk_secs() { awk '/requests in/ {gsub(/[s,]/, "", $4); print $4; exit}' "$1"; }

@@ -61,8 +61,6 @@ TARGET_P99_MS=5
 ISSUE_PEER_INBOUND=5000
 ISSUE_PEER_SENDS=4600
 
-die() { echo "bench: $*" >&2; exit 1; }
-note() { echo "bench: $*" >&2; }
 [ -x "$DAEMON" ] || die "daemon not found at $DAEMON (build first, or set SB_DAEMON)"
 [ -f "$PLUGINS/echo.so" ] || die "echo.so not found in $PLUGINS (set SB_PLUGIN_DIR)"
 for tool in wrk curl python3 cc pkg-config; do
@@ -97,49 +95,6 @@ trap 'exit 130' INT TERM
 
 
 
-# wrk_run NAME URL LUA: wrk with --latency, output in $tmp/NAME.wrk
-wrk_run() {
-    local name=$1 url=$2 lua=$3
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$lua" "$url" >"$tmp/$name.wrk" 2>&1 &
-    wrk_pid=$!
-    # wrk's CPU, read just before it ends (it is gone after wait).
-    wrk_ticks=0
-    local st
-    while st=$(awk '{print $3, $14 + $15}' "/proc/$wrk_pid/stat" 2>/dev/null) && [ -n "$st" ]; do
-        [ "${st%% *}" != Z ] || break
-        wrk_ticks=${st#* }
-        sleep 0.2
-    done
-    wait "$wrk_pid" || note "wrk $name exited $?"
-    wrk_pid=
-}
-wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
-wrk_pct() { awk -v p="$2" '/Latency Distribution/ {d=1} d && $1 == p {print $2; exit}' "$1"; }
-wrk_total() { awk '/requests in/ {print $1; exit}' "$1"; }
-wrk_secs() { awk '/requests in/ {gsub(/[s,]/, "", $4); print $4; exit}' "$1"; }
-wrk_non2xx() { awk -F': *' '/Non-2xx or 3xx responses/ {n=$2} END {print n+0}' "$1"; }
-wrk_sockerr() {
-    awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10; f=1} END {if (!f) print 0}' "$1"
-}
-# Good answers per second: (requests - non-2xx) / elapsed.
-wrk_ok_rps() {
-    awk -v t="$(wrk_total "$1")" -v n="$(wrk_non2xx "$1")" -v s="$(wrk_secs "$1")" \
-        'BEGIN {if (s > 0) printf "%.0f", (t - n) / s; else print 0}'
-}
-
-# The fake's request count (stub_status counts this request too).
-fake_count() { curl -fsS --max-time 2 "$fake/status" | awk 'NR == 3 {print $3}'; }
-# Sum of a metric's samples on /metrics.
-metric() {
-    curl -fsS --max-time 5 "$base/metrics" |
-        awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%.0f", s}'
-}
-
-# CPU ticks (user + system) of a process, 0 when gone.
-proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# Busy ticks of the whole machine (all CPUs) and, apart, the interrupt share
-# (loopback networking is mostly softirq, charged to no process).
-sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $7 + $8}' /proc/stat; }
 # cpu_snap NAME: remember ticks of the daemon, its MariaDB, the fake (nginx's worker) and
 # the machine. wrk's own are taken by wrk_run (it is gone by the end).
 cpu_snap() {
@@ -434,10 +389,6 @@ if [ "$peer_ok" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- table
-num() { [ -n "${1:-}" ] && awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); r = ""; while (length(s) > 3) {r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3)} print s r}' || echo "n/a"; }
-ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a"}'; }
-errs() { echo $(($(wrk_non2xx "$1") + $(wrk_sockerr "$1"))); }
-lat() { echo "p50 $(wrk_pct "$1" 50%) p99 $(wrk_pct "$1" 99%)"; }
 loopv() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2] % d)' "$tmp/peer-loop.json" "$1" 2>/dev/null || echo "n/a"; }
 
 W1=34 W2=38 W3=38

@@ -81,8 +81,6 @@ HEARTBEAT_MS=45000
 CHANNEL=1100000000000000001
 APP_ID=1098765432109876000
 
-die() { echo "bench: $*" >&2; exit 1; }
-note() { echo "bench: $*" >&2; }
 [ -x "$DAEMON" ] || die "daemon not found at $DAEMON (build first, or set SB_DAEMON)"
 for p in slack discord; do
     [ -f "$PLUGINS/$p.so" ] || die "$p.so not found in $PLUGINS (set SB_PLUGIN_DIR)"
@@ -124,15 +122,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_http URL [seconds]: poll until the URL answers 2xx.
-wait_http() {
-    local url=$1 deadline=$((SECONDS + ${2:-15}))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
-}
 json_get() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get(sys.argv[1], ""))' "$1"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # RssAnon: the private part of VmRSS (heap, stacks, written data), without
@@ -140,50 +129,17 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 
-# wrk_run NAME URL LUA: wrk with --latency, output in $tmp/NAME.wrk; also
-# samples CPU of everyone around it (cpu_snap before/after; wrk's own ticks
-# read just before it ends).
-wrk_run() {
-    local name=$1 url=$2 lua=$3
-    cpu_snap "$name.0"
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$lua" "$url" >"$tmp/$name.wrk" 2>&1 &
-    wrk_pid=$!
-    wrk_ticks=0
-    local st
-    while st=$(awk '{print $3, $14 + $15}' "/proc/$wrk_pid/stat" 2>/dev/null) && [ -n "$st" ]; do
-        [ "${st%% *}" != Z ] || break
-        wrk_ticks=${st#* }
-        sleep 0.2
-    done
-    wait "$wrk_pid" || note "wrk $name exited $?"
-    wrk_pid=
-    cpu_snap "$name.1"
-    cpu_lines+=("$(printf '%-30s %s' "CPU s, $name" "$(cpu_line "$name.0" "$name.1" "$DURATION" "$wrk_ticks")")")
-}
-wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
-wrk_pct() { awk -v p="$2" '/Latency Distribution/ {d=1} d && $1 == p {print $2; exit}' "$1"; }
-wrk_total() { awk '/requests in/ {print $1; exit}' "$1"; }
-wrk_secs() { awk '/requests in/ {gsub(/[s,]/, "", $4); print $4; exit}' "$1"; }
-wrk_non2xx() { awk -F': *' '/Non-2xx or 3xx responses/ {n=$2} END {print n+0}' "$1"; }
-wrk_sockerr() {
-    awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10; f=1} END {if (!f) print 0}' "$1"
-}
-wrk_ok_rps() {
-    awk -v t="$(wrk_total "$1")" -v n="$(wrk_non2xx "$1")" -v s="$(wrk_secs "$1")" \
-        'BEGIN {if (s > 0) printf "%.0f", (t - n) / s; else print 0}'
+# Around every wrk_run (lib.sh): the CPU of everyone, before and after.
+wrk_before() { cpu_snap "$1.0"; }
+wrk_after() {
+    cpu_snap "$1.1"
+    cpu_lines+=("$(printf '%-30s %s' "CPU s, $1" "$(cpu_line "$1.0" "$1.1" "$DURATION" "$wrk_ticks")")")
 }
 wrk_ok() { echo $(($(wrk_total "$1") - $(wrk_non2xx "$1"))); }
 wrk_wraps() { awk '/^pool wraps:/ {print $3}' "$1"; }
 
-fake_count() { curl -fsS --max-time 2 "$fake/status" | awk 'NR == 3 {print $3}'; }
-metric() {
-    curl -fsS --max-time 5 "$base/metrics" |
-        awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%.0f", s}'
-}
 gw_stat() { curl -fsS --max-time 2 "$gw_http/stats" | json_get "$1"; }
 
-proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $7 + $8}' /proc/stat; }
 # cpu_snap NAME: ticks of the subject ($subject_pid: the daemon or the peer),
 # the daemon's mariadbd, the fakes (nginx worker, Gateway) and the machine.
 cpu_snap() {
@@ -532,12 +488,8 @@ if [ "$SKIP_PEER" != 1 ]; then
 fi
 
 # ---------------------------------------------------------------- table
-num() { [ -n "${1:-}" ] && awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); r = ""; while (length(s) > 3) {r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3)} print s r}' || echo "n/a"; }
-ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 # Three places for the memory ratios, whose target (0.10) is on the second.
 ratio3() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.3f", a / b; else print "n/a"}'; }
-errs() { echo $(($(wrk_non2xx "$1") + $(wrk_sockerr "$1"))); }
-lat() { echo "p50 $(wrk_pct "$1" 50%) p99 $(wrk_pct "$1" 99%)"; }
 P() { [ "$peer_ok" = 1 ] && echo "$@" || echo -; }
 W1=34 W2=44 W3=42
 row() { printf "%-${W1}s %-${W2}s %-${W3}s %s\n" "$@"; }

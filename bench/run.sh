@@ -31,7 +31,6 @@ THREADS=${BENCH_THREADS:-2}
 CONNS=${BENCH_CONNS:-50}
 SWAP_DURATION=${BENCH_SWAP_DURATION:-8}
 
-die() { echo "bench: $*" >&2; exit 1; }
 [ -x "$DAEMON" ] || die "daemon not found at $DAEMON (build first, or set SB_DAEMON)"
 [ -f "$PLUGINS/echo.so" ] || die "echo.so not found in $PLUGINS (set SB_PLUGIN_DIR)"
 command -v wrk >/dev/null || die "wrk not installed (apt-get install wrk)"
@@ -60,34 +59,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 
-# wait_http URL [seconds]: poll until the URL answers 200.
-wait_http() {
-    local url=$1 deadline=$((SECONDS + ${2:-15}))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    return 1
-}
-
-# wrk_run NAME URL [extra wrk args...]: run wrk, keep its output in $tmp/NAME.wrk
-wrk_run() {
+# wrk_args NAME URL [extra wrk args...]: run wrk, keep its output in $tmp/NAME.wrk
+wrk_args() {
     local name=$1 url=$2
     shift 2
     wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" >"$tmp/$name.wrk" 2>&1 ||
         echo "bench: wrk $name exited $?" >&2
 }
 
-# Figures out of a wrk report.
-wrk_rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
-wrk_p99() { awk '/Latency Distribution/ {d=1} d && $1 == "99%" {print $2; exit}' "$1"; }
-wrk_total() { awk '/requests in/ {print $1; exit}' "$1"; }
-wrk_non2xx() { awk -F': *' '/Non-2xx or 3xx responses/ {n=$2} END {print n+0}' "$1"; }
-wrk_sockerr() {
-    awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10; f=1} END {if (!f) print 0}' "$1"
-}
+wrk_p99() { wrk_pct "$1" 99%; }
 
 # ---------------------------------------------------------------- daemon setup
 mkdir -p "$tmp/etc/conf.d" "$tmp/plugins" "$tmp/state"
@@ -131,7 +111,7 @@ echo "bench: daemon pid $daemon_pid port $port, plugins: ${plugin_names[*]} (loa
 echo "bench: wrk -t$THREADS -c$CONNS -d${DURATION}s" >&2
 
 # ---------------------------------------------------------------- 1. /healthz
-wrk_run healthz "$base/healthz"
+wrk_args healthz "$base/healthz"
 
 # ---------------------------------------------------------------- nginx
 nginx_note=
@@ -144,7 +124,7 @@ if [ -n "$NGINX" ]; then
         -g 'daemon off;' 2>>"$tmp/nginx/error.log" &
     nginx_pid=$!
     if wait_http "http://127.0.0.1:$nport/" 10; then
-        wrk_run nginx "http://127.0.0.1:$nport/"
+        wrk_args nginx "http://127.0.0.1:$nport/"
     else
         nginx_note="nginx failed to start: $(tail -1 "$tmp/nginx/error.log")"
     fi
@@ -156,7 +136,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. echo POST
-wrk_run echo "$base/webhook/echo/bench" -s "$here/echo-post.lua"
+wrk_args echo "$base/webhook/echo/bench" -s "$here/echo-post.lua"
 rss_after_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$daemon_pid/status")
 
 # ---------------------------------------------------------------- 4. swap under load

@@ -43,12 +43,12 @@ def children():
 
 
 def descendants(pid):
-    tree, out, todo = children(), [], [pid]
-    while todo:
-        p = todo.pop()
+    tree, out, pending = children(), [], [pid]
+    while pending:
+        p = pending.pop()
         for c in tree.get(p, []):
             out.append(c)
-            todo.append(c)
+            pending.append(c)
     return out
 
 
