@@ -18,6 +18,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <jansson.h>
 
 #include <switchboard/switchboard.h>
@@ -806,10 +808,7 @@ static void test_locate_missing(void)
 
 /* ---- runner ---- */
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"defaults", test_defaults},
     {"default plugin_dir", test_default_plugin_dir},
     {"every key read", test_full_file},
@@ -849,23 +848,7 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite =
-        CU_add_suite_with_setup_and_teardown("config", NULL, NULL, test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_config: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {
+        .name = "config", SB_TESTS(tests), .setup = test_setup, .teardown = test_teardown};
+    return sb_run("test_config", &suite, 1);
 }

@@ -23,6 +23,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <event2/event.h>
 #include <jansson.h>
 
@@ -1007,33 +1009,16 @@ static void test_embedded_start_stop(void)
 
 /* ---- main ---- */
 
-struct test {
-    const char *name;
-    void (*fn)(void);
-};
-
-static int add_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
-                     const struct test *tests, size_t n)
-{
-    CU_pSuite suite = CU_add_suite(name, init, clean);
-    if (!suite)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            return -1;
-    return 0;
-}
-
 int main(void)
 {
-    static const struct test url[] = {
+    static const struct sb_test url[] = {
         {"url tcp", test_url_tcp},
         {"url socket", test_url_socket},
         {"url percent-decoding", test_url_percent},
         {"url errors", test_url_errors},
         {"connection error numbers", test_error_is_connection},
     };
-    static const struct test server[] = {
+    static const struct sb_test server[] = {
         {"exec/query round trip", test_exec_query_roundtrip},
         {"exec errors and conflict", test_exec_errors},
         {"exec rows (bulk)", test_exec_rows},
@@ -1045,30 +1030,22 @@ int main(void)
         {"migrate concurrently", test_migrate_concurrent},
         {"migrate tampered and failing files", test_migrate_tamper},
     };
-    static const struct test embedded[] = {
+    static const struct sb_test embedded[] = {
         {"embedded start, stop, restart", test_embedded_start_stop},
     };
     const char *builddir = getenv("SB_TOP_BUILDDIR");
     snprintf(g_migrations, sizeof(g_migrations), "%s/build/migrations", builddir ? builddir : "..");
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        goto cu_error;
-    if (add_suite("url", NULL, NULL, url, sizeof(url) / sizeof(url[0])) < 0)
-        goto cu_error;
-    if (getenv("SB_MARIADB_SOCKET") && add_suite("server", server_setup, server_teardown, server,
-                                                 sizeof(server) / sizeof(server[0])) < 0)
-        goto cu_error;
-    if (getenv("SB_TEST_EMBEDDED") && !strcmp(getenv("SB_TEST_EMBEDDED"), "1") &&
-        add_suite("embedded", NULL, NULL, embedded, sizeof(embedded) / sizeof(embedded[0])) < 0)
-        goto cu_error;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto cu_error;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    const char *emb = getenv("SB_TEST_EMBEDDED");
+    const struct sb_suite suites[] = {
+        {.name = "url", SB_TESTS(url)},
+        /* Without a server only the URL tests run (tests/db/test_db.sh says SKIP). */
+        {.name = getenv("SB_MARIADB_SOCKET") ? "server" : NULL,
+         SB_TESTS(server),
+         .init = server_setup,
+         .clean = server_teardown},
+        {.name = emb && !strcmp(emb, "1") ? "embedded" : NULL, SB_TESTS(embedded)},
+    };
+    int rc = sb_run("test_db", suites, sizeof(suites) / sizeof(suites[0]));
     mysql_library_end();
-    return failures ? 1 : 0;
-cu_error:
-    fprintf(stderr, "test_db: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    return rc;
 }

@@ -17,6 +17,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <jansson.h>
 
 #include <switchboard/switchboard.h>
@@ -668,10 +670,7 @@ static void test_webhook_token(void)
     desc->instance_stop(&instance, state);
 }
 
-static const struct {
-    const char *name;
-    CU_TestFunc fn;
-} tests[] = {
+static const struct sb_test tests[] = {
     {"descriptor fields", test_descriptor},
     {"instance_start reports connected", test_instance_start},
     {"webhook happy path", test_webhook_ok},
@@ -689,27 +688,11 @@ static const struct {
 
 int main(void)
 {
-    CU_pSuite suite;
-    unsigned failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite_with_setup_and_teardown("echo plugin", suite_init, suite_cleanup,
-                                                 test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    /* A suite whose init failed (echo.so not loadable) ran no assertions at all. */
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_echo: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {.name = "echo plugin",
+                                          SB_TESTS(tests),
+                                          .init = suite_init,
+                                          .clean = suite_cleanup,
+                                          .setup = test_setup,
+                                          .teardown = test_teardown};
+    return sb_run("test_echo", &suite, 1);
 }

@@ -34,6 +34,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <event2/event.h>
 
 #include "httpc.h"
@@ -1009,10 +1011,7 @@ static void test_free_with_calls_open(void)
     CU_ASSERT_PTR_NULL(LIST_FIRST(&g_inst_a.http_calls));
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"GET: status, headers, body", test_get_ok},
     {"POST echo: method, headers, body copied", test_post_echo},
     {"PUT/PATCH/DELETE/GET/POST", test_methods},
@@ -1047,26 +1046,10 @@ int main(void)
         perror("test_httpc: server");
         return 1;
     }
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite =
-        CU_add_suite_with_setup_and_teardown("httpc", NULL, NULL, test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    static const struct sb_suite suite = {
+        .name = "httpc", SB_TESTS(tests), .setup = test_setup, .teardown = test_teardown};
+    int rc = sb_run("test_httpc", &suite, 1);
     server_stop();
     sbh_metrics_reset();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_httpc: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    server_stop();
-    return 1;
+    return rc;
 }

@@ -13,6 +13,8 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 
+#include "runner.h"
+
 #include <event2/event.h>
 
 #include "ipc.h"
@@ -348,10 +350,7 @@ static void test_b64_bad(void)
 
 /* ---- runner ---- */
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"frame round trip", test_round_trip},
     {"split and batched frames", test_split_and_batched},
     {"oversized length refused", test_oversized_refused},
@@ -371,22 +370,7 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite = CU_add_suite_with_setup_and_teardown("ipc", NULL, NULL, setup, teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_ipc: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {
+        .name = "ipc", SB_TESTS(tests), .setup = setup, .teardown = teardown};
+    return sb_run("test_ipc", &suite, 1);
 }

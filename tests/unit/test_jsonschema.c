@@ -10,6 +10,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <jansson.h>
 
 #include "jsonschema.h"
@@ -454,10 +456,7 @@ static void test_provider_schema(void)
     expect_violation(s, "{\"token\":\"t\",\"extra\":1}", "extra", "is not allowed");
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"type", test_type_single},
     {"integer-valued reals are integers", test_type_integer_real},
     {"type arrays", test_type_array},
@@ -486,22 +485,6 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite = CU_add_suite("jsonschema", NULL, NULL);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_jsonschema: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {.name = "jsonschema", SB_TESTS(tests)};
+    return sb_run("test_jsonschema", &suite, 1);
 }

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <CUnit/Basic.h>
+
+#include "runner.h"
 #include <switchboard/services.h>
 
 static char *get(struct sbh_kv *kv, const char *inst, const char *key)
@@ -95,14 +97,10 @@ static void test_many(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("kv", NULL, NULL);
-    CU_add_test(s, "pairs set, replaced, read, forgotten", test_pairs);
-    CU_add_test(s, "2,000 instances", test_many);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failed = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failed ? 1 : 0;
+    static const struct sb_test tests[] = {
+        {"pairs set, replaced, read, forgotten", test_pairs},
+        {"2,000 instances", test_many},
+    };
+    static const struct sb_suite suite = {.name = "kv", SB_TESTS(tests)};
+    return sb_run("test_kv", &suite, 1);
 }

@@ -21,6 +21,8 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 
+#include "runner.h"
+
 #include <switchboard/switchboard.h>
 
 #include "loader.h"
@@ -330,10 +332,7 @@ static void test_close_null(void)
 
 /* ---- runner ---- */
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"open echo.so", test_open_echo},
     {"open without an expected name", test_open_without_expect},
     {"open does not call init", test_open_does_not_init},
@@ -353,23 +352,10 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite =
-        CU_add_suite_with_setup_and_teardown("loader", suite_init, NULL, test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_loader: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {.name = "loader",
+                                          SB_TESTS(tests),
+                                          .init = suite_init,
+                                          .setup = test_setup,
+                                          .teardown = test_teardown};
+    return sb_run("test_loader", &suite, 1);
 }

@@ -10,6 +10,8 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 
+#include "runner.h"
+
 #include "../../plugins/common/plugutil.h"
 #include "../../plugins/meta-common/meta.h"
 
@@ -61,8 +63,11 @@ static void test_hmac(void)
 static enum meta_sig check(const char *secret, const char *header, const char *body)
 {
     sb_header hd[1] = {{"x-hub-signature-256", header}};
-    sb_http_request req = {.method = "POST", .headers = hd, .n_headers = header ? 1 : 0,
-                           .body = (const unsigned char *)body, .body_len = strlen(body)};
+    sb_http_request req = {.method = "POST",
+                           .headers = hd,
+                           .n_headers = header ? 1 : 0,
+                           .body = (const unsigned char *)body,
+                           .body_len = strlen(body)};
     return meta_check_signature(secret, &req);
 }
 
@@ -87,8 +92,11 @@ static void test_signature(void)
 static void graph(int status, const char *body, const char *retry_after, struct meta_result *r)
 {
     sb_header hd[1] = {{"Retry-After", retry_after}};
-    sb_http_response resp = {.status = status, .headers = hd, .n_headers = retry_after ? 1 : 0,
-                             .body = (const unsigned char *)body, .body_len = strlen(body)};
+    sb_http_response resp = {.status = status,
+                             .headers = hd,
+                             .n_headers = retry_after ? 1 : 0,
+                             .body = (const unsigned char *)body,
+                             .body_len = strlen(body)};
     meta_graph_result(&resp, r);
     json_decref(r->body);
 }
@@ -99,22 +107,28 @@ static void test_graph_mapping(void)
 
     graph(200, "{\"messages\":[{\"id\":\"wamid.X\"}]}", NULL, &r);
     CU_ASSERT(r.ok);
-    graph(400, "{\"error\":{\"message\":\"(#130429) Rate limit hit\",\"type\":\"OAuthException\","
-               "\"code\":130429,\"fbtrace_id\":\"T\"}}", NULL, &r);
+    graph(400,
+          "{\"error\":{\"message\":\"(#130429) Rate limit hit\",\"type\":\"OAuthException\","
+          "\"code\":130429,\"fbtrace_id\":\"T\"}}",
+          NULL, &r);
     CU_ASSERT(!r.ok && r.retryable && !r.auth_error);
     CU_ASSERT_STRING_EQUAL(r.error_code, "graph_130429");
     CU_ASSERT(strstr(r.error_message, "fbtrace_id T") != NULL);
     graph(400, "{\"error\":{\"message\":\"slow\",\"code\":4}}", "7", &r);
     CU_ASSERT(r.retryable && r.retry_after_ms == 7000);
-    graph(401, "{\"error\":{\"message\":\"Invalid OAuth access token\",\"type\":\"OAuthException\","
-               "\"code\":190,\"error_subcode\":463}}", NULL, &r);
+    graph(401,
+          "{\"error\":{\"message\":\"Invalid OAuth access token\",\"type\":\"OAuthException\","
+          "\"code\":190,\"error_subcode\":463}}",
+          NULL, &r);
     CU_ASSERT(!r.retryable && r.auth_error);
     CU_ASSERT_STRING_EQUAL(r.error_code, "graph_190_463");
     graph(400, "{\"error\":{\"message\":\"outside window\",\"code\":10,\"error_subcode\":2018278}}",
           NULL, &r);
     CU_ASSERT(!r.retryable && !r.auth_error);
-    graph(400, "{\"error\":{\"message\":\"bad param\",\"code\":100,\"error_data\":{"
-               "\"details\":\"to is invalid\"}}}", NULL, &r);
+    graph(400,
+          "{\"error\":{\"message\":\"bad param\",\"code\":100,\"error_data\":{"
+          "\"details\":\"to is invalid\"}}}",
+          NULL, &r);
     CU_ASSERT(!r.retryable && !r.auth_error && strstr(r.error_message, "to is invalid"));
     graph(502, "<html>bad gateway</html>", NULL, &r);
     CU_ASSERT(r.retryable);
@@ -146,31 +160,11 @@ static void test_query_and_base64(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } tests[] = {{"sha256", test_sha256},
-                 {"hmac-sha256", test_hmac},
-                 {"X-Hub-Signature-256", test_signature},
-                 {"Graph error mapping", test_graph_mapping},
-                 {"query, base64, utf-8", test_query_and_base64}};
-    CU_pSuite suite;
-    unsigned failures;
-
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("meta", NULL, NULL);
-    for (size_t i = 0; suite && i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            suite = NULL;
-    if (!suite) {
-        fprintf(stderr, "test_meta: CUnit error: %s\n", CU_get_error_msg());
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const struct sb_test tests[] = {{"sha256", test_sha256},
+                                           {"hmac-sha256", test_hmac},
+                                           {"X-Hub-Signature-256", test_signature},
+                                           {"Graph error mapping", test_graph_mapping},
+                                           {"query, base64, utf-8", test_query_and_base64}};
+    static const struct sb_suite suite = {.name = "meta", SB_TESTS(tests)};
+    return sb_run("test_meta", &suite, 1);
 }

@@ -15,6 +15,8 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 
+#include "runner.h"
+
 #include <event2/event.h>
 
 #include "proc.h"
@@ -265,10 +267,7 @@ static void test_reaper_free_kills(void)
 
 /* ---- runner ---- */
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"spawn with a descriptor map", test_spawn_fd_map},
     {"spawn with swapped descriptor numbers", test_spawn_swapped_fds},
     {"unmapped descriptors closed, stdin /dev/null", test_spawn_closes_unmapped},
@@ -284,22 +283,6 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite = CU_add_suite("proc", NULL, NULL);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_proc: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {.name = "proc", SB_TESTS(tests)};
+    return sb_run("test_proc", &suite, 1);
 }

@@ -22,6 +22,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <event2/event.h>
 #include <jansson.h>
 
@@ -534,10 +536,7 @@ static void test_first_apply_failure(void)
 
 /* ---- runner ---- */
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"first apply runs echo with its instance", test_first_apply},
     {"unchanged apply keeps the generation", test_unchanged_apply_keeps_generation},
     {"instance changes keep the generation", test_instance_changes_keep_generation},
@@ -554,23 +553,10 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite =
-        CU_add_suite_with_setup_and_teardown("reload", suite_init, NULL, test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_reload: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {.name = "reload",
+                                          SB_TESTS(tests),
+                                          .init = suite_init,
+                                          .setup = test_setup,
+                                          .teardown = test_teardown};
+    return sb_run("test_reload", &suite, 1);
 }

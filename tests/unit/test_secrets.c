@@ -16,6 +16,8 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+
+#include "runner.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -678,10 +680,7 @@ static void test_apikey_distinct(void)
     CU_ASSERT_EQUAL(kinds, 36);
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"seal/open empty", test_round_trip_empty},
     {"seal/open 1 byte", test_round_trip_one_byte},
     {"seal/open 64 KiB", test_round_trip_64k},
@@ -708,23 +707,7 @@ static const struct {
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite =
-        CU_add_suite_with_setup_and_teardown("secrets", NULL, NULL, test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_secrets: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    static const struct sb_suite suite = {
+        .name = "secrets", SB_TESTS(tests), .setup = test_setup, .teardown = test_teardown};
+    return sb_run("test_secrets", &suite, 1);
 }

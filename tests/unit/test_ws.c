@@ -15,6 +15,8 @@
 
 #include <CUnit/Basic.h>
 
+#include "runner.h"
+
 static struct event_base *g_base;
 static struct sbh_wsc *g_c;
 static struct sbh_slot g_slot;
@@ -463,10 +465,7 @@ static void test_bad_arguments(void)
     CU_ASSERT_EQUAL(r.events, 0);
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const struct sb_test tests[] = {
     {"echo text, binary, 1 MiB; client close", test_echo},
     {"server-initiated close codes", test_server_close},
     {"fragmented message and ping/pong", test_fragments_and_ping},
@@ -494,24 +493,9 @@ int main(void)
     }
     g_port = atoi(p);
     g_tls_port = atoi(tp);
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite =
-        CU_add_suite_with_setup_and_teardown("ws", NULL, NULL, test_setup, test_teardown);
-    if (!suite)
-        goto fail;
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (!CU_add_test(suite, tests[i].name, tests[i].fn))
-            goto fail;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    if (CU_basic_run_tests() != CUE_SUCCESS)
-        goto fail;
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    static const struct sb_suite suite = {
+        .name = "ws", SB_TESTS(tests), .setup = test_setup, .teardown = test_teardown};
+    int rc = sb_run("test_ws", &suite, 1);
     sbh_metrics_reset();
-    return failures ? 1 : 0;
-fail:
-    fprintf(stderr, "test_ws: CUnit error: %s\n", CU_get_error_msg());
-    CU_cleanup_registry();
-    return 1;
+    return rc;
 }
