@@ -1,24 +1,15 @@
 -- wrk script for bench/providers-meta-telegram.sh and
 -- bench/providers-messenger-instagram.sh: POST Meta webhooks signed as Meta
 -- does: X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, raw body)>.
--- The HMAC is computed per request by libcrypto through LuaJIT's FFI (as
--- bench/slack-webhook.lua does), so every body is unique.
+-- The HMAC is computed per request (bench/hmac.lua), so every body is unique.
 -- META_OBJECT picks the body: whatsapp_business_account (default; one inbound
 -- text in entry[].changes[].value.messages[], a unique wamid each), page
 -- (Messenger) or instagram (entry[].messaging[] with one message, a unique
 -- mid each).
 -- Environment: META_APP_SECRET, META_ID (the phone number id, page id or
 -- Instagram account id), META_OBJECT, BENCH_TAG.
-local ffi = require("ffi")
-ffi.cdef [[
-typedef struct evp_md_st EVP_MD;
-const EVP_MD *EVP_sha256(void);
-unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
-                    const unsigned char *d, size_t n, unsigned char *md,
-                    unsigned int *md_len);
-]]
-local ok, crypto = pcall(ffi.load, "crypto")
-if not ok then crypto = ffi.load("libcrypto.so.3") end
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local hmac_hex = dofile(here .. "hmac.lua")
 
 local secret = assert(os.getenv("META_APP_SECRET"), "META_APP_SECRET unset")
 local id = assert(os.getenv("META_ID"), "META_ID unset")
@@ -31,17 +22,8 @@ function setup(thread)
    counter = counter + 1
 end
 
-local md = ffi.new("unsigned char[32]")
-local mdlen = ffi.new("unsigned int[1]")
-local sha256 = crypto.EVP_sha256()
-local hex = {}
-for i = 0, 255 do hex[i] = string.format("%02x", i) end
-
 local function sign(body)
-   crypto.HMAC(sha256, secret, #secret, body, #body, md, mdlen)
-   local out = {}
-   for i = 0, 31 do out[i + 1] = hex[md[i]] end
-   return "sha256=" .. table.concat(out)
+   return "sha256=" .. hmac_hex(secret, body)
 end
 
 local n = 0
